@@ -1,0 +1,161 @@
+"""Where the kernels run, how they are tuned, and the small checks every wrapper shares.
+
+Two backends, chosen once at import time:
+
+* a CUDA GPU: kernels are compiled, and ``@autotune`` is Triton's autotuner (timings cached on disk);
+* no GPU: ``TRITON_INTERPRET=1`` is set *before* Triton is imported, so every ``@triton.jit`` kernel runs
+  under the Triton interpreter on CPU tensors. The autotuner cannot benchmark there (it needs a driver), so
+  ``@autotune`` launches one config itself: the kernel's ``default`` config, or whichever config a test forced
+  with :func:`force_config`. Tests walk every config of every kernel that way, so a tile size that breaks at
+  a boundary fails on the CPU, not later on the GPU.
+
+Also here: :func:`empty`, the output allocator that fills outputs with NaN while tests ask for it (so an
+element a kernel forgot to write cannot pass as a lucky zero), and the argument checks that turn bad input into
+a ``ValueError``/``TypeError`` that names the argument instead of a Triton compile error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+GPU = torch.cuda.is_available()
+if not GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402  (must come after TRITON_INTERPRET is settled)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICE = torch.device("cuda" if GPU and not INTERPRET else "cpu")
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def backend() -> str:
+    """A one-word name of where kernels run: 'interpreter' or the GPU's name."""
+    if INTERPRET:
+        return "interpreter"
+    return torch.cuda.get_device_name()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Autotuning
+# --------------------------------------------------------------------------------------------------------------
+
+_forced: dict[str, int] = {}
+
+
+class Tuned:
+    """An autotuned kernel: ``kernel[grid](*args)`` launches it with a config from ``configs``.
+
+    On a GPU the config is Triton's autotuner's choice, keyed on ``key``; under the interpreter (or while a test
+    forces one) it is ``configs[index]`` launched directly. ``prune(configs, named_args)`` may drop configs that
+    cannot serve a given call (say, a tile wider than the problem); it must leave at least one.
+    """
+
+    def __init__(self, fn, configs, key, default=0, prune=None):
+        self.fn = fn
+        self.name = fn.__name__
+        self.configs = list(configs)
+        self.default = default
+        self.prune = prune
+        self.arg_names = list(fn.arg_names)
+        self._autotuner = None
+        if not INTERPRET and len(self.configs) > 1:
+            prune_by = {"early_config_prune": lambda cs, nargs, **kw: prune(cs, nargs)} if prune else None
+            self._autotuner = triton.autotune(self.configs, key=key, cache_results=True,
+                                              prune_configs_by=prune_by)(fn)
+
+    def __repr__(self):
+        return f"Tuned({self.name}, {len(self.configs)} configs)"
+
+    def __getitem__(self, grid):
+        index = _forced.get(self.name)
+        if index is None and self._autotuner is not None:
+            return self._autotuner[grid]
+
+        def launch(*args, **kwargs):
+            config = self.configs[self.default if index is None else index]
+            if index is None and self.prune is not None:
+                # Under the interpreter the default may not fit this call: take the first config that does.
+                fitting = self.prune(self.configs, dict(zip(self.arg_names, args)) | kwargs)
+                config = config if config in fitting else fitting[0]
+            return self.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+        return launch
+
+
+def autotune(configs, key, default=0, prune=None):
+    """Decorator: ``@autotune(configs, key=[...])`` above ``@triton.jit`` makes a :class:`Tuned` kernel."""
+    return lambda fn: Tuned(fn, configs, key, default=default, prune=prune)
+
+
+@contextlib.contextmanager
+def force_config(kernel: Tuned, index: int):
+    """Within the block, every launch of ``kernel`` uses ``kernel.configs[index]`` (GPU and interpreter alike)."""
+    if not 0 <= index < len(kernel.configs):
+        raise ValueError(f"index must be in [0, {len(kernel.configs)}) for {kernel.name}, got {index}")
+    previous = _forced.get(kernel.name)
+    _forced[kernel.name] = index
+    try:
+        yield
+    finally:
+        if previous is None:
+            _forced.pop(kernel.name, None)
+        else:
+            _forced[kernel.name] = previous
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Output allocation
+# --------------------------------------------------------------------------------------------------------------
+
+_poison = False
+
+
+def set_poison(on: bool) -> None:
+    """While on, :func:`empty` fills what it allocates with NaN (integers with -1). Tests turn it on."""
+    global _poison
+    _poison = on
+
+
+def empty(shape, dtype, device) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs; poisoned while tests ask for it."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _poison:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Argument checks (each names the argument and what was expected)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_tensor(name: str, t, *, float_only=True, rank=None, min_rank=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if float_only and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if rank is not None and t.dim() != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {tuple(t.shape)}")
+    if min_rank is not None and t.dim() < min_rank:
+        raise ValueError(f"{name} must have rank >= {min_rank}, got shape {tuple(t.shape)}")
+
+
+def check_like(name: str, t, ref_name: str, ref: torch.Tensor, shape=None) -> None:
+    """``t`` is a tensor of ``ref``'s dtype and device (and of ``shape``, when given)."""
+    check_tensor(name, t)
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_positive(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")

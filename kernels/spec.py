@@ -1,0 +1,77 @@
+"""The description every op file exports as ``SPEC``; tests and sweeps are generated from it.
+
+An op file holds its Triton kernel(s), its PyTorch reference, its autograd wrapper and one :class:`OpSpec`.
+``kernels/registry.py`` lists the specs: adding an op touches its own file and one line there.
+
+Vocabulary used by every field below:
+
+* ``dims``: a plain dict of sizes and knobs that fully describes one problem, e.g.
+  ``{"rows": 4, "seqlen": 512, "hidden": 1024}``. Sweeps put ``dims["seqlen"]`` on the x-axis.
+* ``Case``: concrete inputs made from dims — ``fn(*case.args, **case.kwargs)``.
+* ``mode``: ``"fwd"``, ``"bwd"`` or ``"fwd+bwd"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+
+@dataclasses.dataclass
+class Case:
+    """Inputs of one call. Tensors in ``args`` that require grad are the ones tests and sweeps differentiate."""
+
+    args: tuple
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def grad_inputs(self) -> list[torch.Tensor]:
+        return [a for a in self.args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    """A call that must raise ``error`` with a message matching ``match`` (a regex naming the argument)."""
+
+    label: str
+    make: Callable[[], Case]
+    error: type
+    match: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    name: str
+    # ours: the Triton-backed, autograd-aware entry point.
+    fn: Callable
+    # the PyTorch reference, same signature; tests run it in float64.
+    reference: Callable
+    # make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0) -> Case.
+    # contiguous=False must give non-contiguous views (the layouts real callers pass).
+    make_case: Callable[..., Case]
+    # hypothesis strategy of dims for the property tests (sized for the CPU interpreter when big=False).
+    dims: Callable[[bool], Any]
+    # dims for the every-config test: small, but not a multiple of any tile, so every boundary is crossed.
+    config_dims: dict
+    # sweep_cases(gpu) -> list of dims, each with "seqlen".
+    sweep_cases: Callable[[bool], list]
+    # flops(dims, mode) and bytes_moved(dims, dtype, mode): the least work and traffic, for the roofline.
+    flops: Callable[[dict, str], float]
+    bytes_moved: Callable[[dict, torch.dtype, str], float]
+    # bound on ||ours - ref64|| / ||ref64|| per dtype (fp32 and fp16; bf16 is judged on the GPU against the
+    # error of the reference run in bf16, see tests/checks.py). Gradients use grad_tolerance.
+    tolerance: dict
+    grad_tolerance: dict
+    # the autotuned kernels of this op; the tests run each under every config.
+    kernels: tuple = ()
+    # extra sweep providers: name -> factory() -> callable with fn's signature (factories keep imports lazy).
+    peers: dict = dataclasses.field(default_factory=dict)
+    bad_inputs: tuple = ()
+    # modes the op supports; "bwd" needs autograd through fn.
+    modes: tuple = ("fwd", "bwd", "fwd+bwd")
+    sweep_dtypes: tuple = (torch.bfloat16,)
+    # whether torch.compile of the reference is a sweep provider.
+    compile_reference: bool = True
+    # optional: check_outputs(ours, ref64, case) for outputs a relative norm cannot judge (e.g. integer ids).
+    check_outputs: Callable | None = None
