@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
 
 GPU = torch.cuda.is_available()
-if not GPU:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if not GPU and "TRITON_INTERPRET" not in os.environ:
+    if "triton" in sys.modules:
+        # triton.language's own @jit helpers (tl.sum's combine function, ...) were built for the compiler when
+        # triton was imported; under the interpreter they fail later with an obscure error. Say so now.
+        raise ImportError("no GPU, so kernels must run under the Triton interpreter, but triton was imported "
+                          "before kernels: import kernels first, or set TRITON_INTERPRET=1 in the environment")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import triton  # noqa: E402  (must come after TRITON_INTERPRET is settled)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Compile-only mode (tests/compile_check.py): no GPU, no interpreter; every launch compiles the kernel for an
+# H100 (sm_90) and checks its shared memory, but runs nothing. Catches what the interpreter lets through.
+COMPILE_ONLY = os.environ.get("KERNELS_COMPILE_ONLY") == "1"
 DEVICE = torch.device("cuda" if GPU and not INTERPRET else "cpu")
+H100_SHARED_MEMORY = 232448  # bytes a program may use on sm_90
+compiled: list = []  # (kernel name, config, shared bytes) of every compile-only launch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -37,7 +48,16 @@ def backend() -> str:
     """A one-word name of where kernels run: 'interpreter' or the GPU's name."""
     if INTERPRET:
         return "interpreter"
+    if COMPILE_ONLY:
+        return "compile-only"
     return torch.cuda.get_device_name()
+
+
+def num_sms() -> int:
+    """Multiprocessors to size persistent grids by (a small stand-in off the GPU keeps the interpreter quick)."""
+    if GPU and not INTERPRET:
+        return torch.cuda.get_device_properties(0).multi_processor_count
+    return 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -63,7 +83,7 @@ class Tuned:
         self.prune = prune
         self.arg_names = list(fn.arg_names)
         self._autotuner = None
-        if not INTERPRET and len(self.configs) > 1:
+        if not INTERPRET and not COMPILE_ONLY and len(self.configs) > 1:
             prune_by = {"early_config_prune": lambda cs, nargs, **kw: prune(cs, nargs)} if prune else None
             self._autotuner = triton.autotune(self.configs, key=key, cache_results=True,
                                               prune_configs_by=prune_by)(fn)
@@ -82,9 +102,23 @@ class Tuned:
                 # Under the interpreter the default may not fit this call: take the first config that does.
                 fitting = self.prune(self.configs, dict(zip(self.arg_names, args)) | kwargs)
                 config = config if config in fitting else fitting[0]
+            self._last_config = config
+            if COMPILE_ONLY:
+                kernel = self.fn.warmup(*args, grid=grid, **kwargs, **config.all_kwargs())
+                compiled.append((self.name, str(config), kernel.metadata.shared))
+                if kernel.metadata.shared > H100_SHARED_MEMORY:
+                    raise RuntimeError(f"{self.name} with {config} needs {kernel.metadata.shared} bytes of shared "
+                                       f"memory; an H100 program has {H100_SHARED_MEMORY}")
+                return kernel
             return self.fn[grid](*args, **kwargs, **config.all_kwargs())
 
         return launch
+
+    def last_config(self):
+        """The config of the latest launch (Triton's pick on a GPU), or None before the first."""
+        if _forced.get(self.name) is None and self._autotuner is not None:
+            return getattr(self._autotuner, "best_config", None)
+        return getattr(self, "_last_config", None)
 
 
 def autotune(configs, key, default=0, prune=None):

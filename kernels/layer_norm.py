@@ -51,7 +51,7 @@ def _norm_fwd(
     X, W, B, Y, Mean, Rstd,
     n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
@@ -67,7 +67,7 @@ def _norm_fwd(
     else:
         pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
 
-    if BLOCK_N >= N:  # the whole row in registers
+    if SINGLE_TILE:  # the whole row in registers
         mask = row_ok[:, None] & (cols0[None, :] < N)
         x = tl.load(x_row + cols0[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
         if RMS:
@@ -103,7 +103,7 @@ def _norm_fwd(
         cols = start + cols0
         col_ok = cols < N
         mask = row_ok[:, None] & col_ok[None, :]
-        if BLOCK_N >= N:
+        if SINGLE_TILE:
             xhat = xc * rstd[:, None]
         else:
             xt = tl.load(x_row + cols[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
@@ -124,7 +124,7 @@ def _norm_bwd(
     X, W, DY, DX, Mean, Rstd, DW_partial, DB_partial,
     n_rows, N, stride_xm, stride_xn, stride_dym, stride_dyn, stride_dxm, stride_dxn,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr, OUT_DTYPE_ROUND: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
@@ -182,18 +182,18 @@ def _norm_bwd(
             if HAS_W:
                 if OUT_DTYPE_ROUND:  # RMSNorm's weight multiplies the normalised x rounded to x's dtype
                     xhat = xhat.to(DX.dtype.element_ty).to(tl.float32)
-                if BLOCK_N >= N:
+                if SINGLE_TILE:
                     dw_acc += tl.sum(dy * xhat, axis=0)
                 else:
                     p = DW_partial + pid * N + cols
                     tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy * xhat, axis=0), mask=col_ok)
             if HAS_B:
-                if BLOCK_N >= N:
+                if SINGLE_TILE:
                     db_acc += tl.sum(dy, axis=0)
                 else:
                     p = DB_partial + pid * N + cols
                     tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy, axis=0), mask=col_ok)
-    if BLOCK_N >= N:
+    if SINGLE_TILE:
         if HAS_W:
             tl.store(DW_partial + pid * N + cols0, dw_acc, mask=cols0 < N)
         if HAS_B:
@@ -210,9 +210,7 @@ def _block_n(n: int) -> int:
 
 
 def _num_bwd_programs(n_rows: int) -> int:
-    if rt.INTERPRET:
-        return min(n_rows, 4)
-    return min(n_rows, 4 * torch.cuda.get_device_properties(0).multi_processor_count)
+    return min(n_rows, 4 * rt.num_sms())
 
 
 class _Norm(torch.autograd.Function):
@@ -228,7 +226,7 @@ class _Norm(torch.autograd.Function):
         _norm_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
             x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
             n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
-            HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=block_n,
+            HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=block_n, SINGLE_TILE=block_n >= n,
         )
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.rms = rms
@@ -249,7 +247,7 @@ class _Norm(torch.autograd.Function):
             x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
             n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
             HAS_W=weight is not None, HAS_B=bias is not None, RMS=ctx.rms, OUT_DTYPE_ROUND=ctx.rms,
-            BLOCK_N=_block_n(n),
+            BLOCK_N=_block_n(n), SINGLE_TILE=_block_n(n) >= n,
         )
         dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_partial.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
@@ -299,9 +297,9 @@ def rms_norm_reference(x, weight=None, eps=1e-6):
 
 
 def _make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0, rms=False):
-    """dims: rows, hidden, and optionally offset (added to x: rows with mean 1e4), affine (bool)."""
+    """dims: rows (sweeps: seqlen), hidden, and optionally offset (added to x: rows with mean 1e4), affine."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    rows, hidden = dims["rows"], dims["hidden"]
+    rows, hidden = dims.get("rows", dims.get("seqlen")), dims["hidden"]
     x = torch.randn(rows, hidden, generator=g) + dims.get("offset", 0.0)
     if not contiguous:  # every other column of a wider buffer, rows reversed: non-unit strides on both axes
         wide = torch.full((rows, 2 * hidden), float("nan"))
@@ -327,12 +325,12 @@ def _dims(big):
 def _sweep_cases(gpu):
     seqlens = [512 * 2**i for i in range(6)] if gpu else [8, 16, 32]
     hiddens = [1024, 4096, 8192] if gpu else [256]
-    return [{"rows": s, "seqlen": s, "hidden": h} for h in hiddens for s in seqlens]
+    return [{"seqlen": s, "hidden": h} for h in hiddens for s in seqlens]
 
 
 def _bytes(dims, dtype, mode, n_params):
     size = torch.finfo(dtype).bits // 8
-    act = dims["rows"] * dims["hidden"] * size
+    act = dims.get("rows", dims.get("seqlen")) * dims["hidden"] * size
     params = n_params * dims["hidden"] * size
     fwd = 2 * act + params  # read x, write y
     bwd = 3 * act + 2 * params  # read x, dy; write dx; weight in, grads out
@@ -341,7 +339,7 @@ def _bytes(dims, dtype, mode, n_params):
 
 def _flops(dims, mode):
     per = {"fwd": 8, "bwd": 14, "fwd+bwd": 22}[mode]
-    return per * dims["rows"] * dims["hidden"]
+    return per * dims.get("rows", dims.get("seqlen")) * dims["hidden"]
 
 
 def _bad_inputs(fn, rms):

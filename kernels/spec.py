@@ -54,7 +54,8 @@ class OpSpec:
     dims: Callable[[bool], Any]
     # dims for the every-config test: small, but not a multiple of any tile, so every boundary is crossed.
     config_dims: dict
-    # sweep_cases(gpu) -> list of dims, each with "seqlen".
+    # sweep_cases(gpu) -> list of dims, each with "seqlen" (the x-axis); the other keys name the plot panel, so
+    # they must not vary with seqlen (derive token counts from dims["seqlen"] in make_case instead).
     sweep_cases: Callable[[bool], list]
     # flops(dims, mode) and bytes_moved(dims, dtype, mode): the least work and traffic, for the roofline.
     flops: Callable[[dict, str], float]

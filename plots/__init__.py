@@ -1,0 +1,1 @@
+"""Plots of sweep CSVs: ``python -m plots CSV [--out FILE.png]``."""

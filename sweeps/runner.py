@@ -1,0 +1,240 @@
+"""The sweep: time every provider of an op over its cases and append one CSV row per measurement.
+
+For each op (its ``OpSpec``), each dims from ``spec.sweep_cases(gpu)``, each dtype and mode, one set of inputs
+is made and every provider is timed on it: ``ours`` (the Triton op), ``eager`` (the PyTorch reference),
+``compile`` (``torch.compile`` of the reference) and the op's own peers. ``speedup`` is eager's time over the
+provider's, from the same run. Rows are appended as they finish; a rerun with the same CSV skips what is there
+(resume), and a case that fails or runs out of memory becomes a row with its ``error``.
+
+Timing is ``triton.testing.do_bench`` (median, 20th and 80th percentile) on a GPU. Under the interpreter there is
+no device to time; a wall-clock median stands in, and every row says ``device=interpreter``: those numbers say
+how long the interpreter took, nothing about the kernels' speed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import triton
+from tqdm import tqdm
+
+from kernels import _runtime as rt
+from kernels.spec import Case, OpSpec
+
+COLUMNS = [
+    "op", "provider", "mode", "dtype", "seqlen", "params", "ms", "ms_p20", "ms_p80", "tflops", "gbps",
+    "pct_roofline", "speedup", "peak_mb", "device", "torch", "triton", "commit", "timestamp", "config", "error",
+    "copy_gbps", "matmul_tflops",
+]
+KEY = ["op", "provider", "mode", "dtype", "seqlen", "params"]
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def bench(fn) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of ``fn()``."""
+    if not rt.INTERPRET:
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    fn()  # warm-up
+    times, deadline = [], time.perf_counter() + 1.0
+    while len(times) < 3 or (len(times) < 10 and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return statistics.median(times), q[1], q[7]
+
+
+def measure_device() -> dict:
+    """The two ceilings of the roofline, measured once per run: copy bandwidth and bf16 (CPU: fp32) matmul rate."""
+    if rt.INTERPRET:
+        n, m, dtype, device = 1 << 24, 512, torch.float32, "cpu"
+    else:
+        n, m, dtype, device = 1 << 28, 8192, torch.bfloat16, "cuda"
+    src = torch.randn(n, device=device, dtype=torch.float32).to(dtype)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))[0]
+    copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
+    a = torch.randn(m, m, device=device, dtype=dtype)
+    b = torch.randn(m, m, device=device, dtype=dtype)
+    ms = bench(lambda: a @ b)[0]
+    del src, dst, a, b
+    return {"copy_gbps": copy_gbps, "matmul_tflops": 2 * m**3 / ms / 1e9}
+
+
+def commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ providers
+
+
+def providers(spec: OpSpec, wanted: list[str] | None) -> dict:
+    """name -> factory() -> callable (or None when unavailable). 'eager' always comes first: speedups need it."""
+    out = {"eager": lambda: spec.reference, "ours": lambda: spec.fn}
+    if spec.compile_reference:
+        out["compile"] = lambda: torch.compile(spec.reference)
+    out.update(spec.peers)
+    if wanted is not None:
+        out = {k: v for k, v in out.items() if k in wanted or k == "eager"}
+    return out
+
+
+def _timed_fn(fn, case: Case, mode: str):
+    """A no-argument callable doing ``mode``'s work once."""
+    inputs = case.grad_inputs()
+
+    def forward():
+        outs = fn(*case.args, **case.kwargs)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        return [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+
+    if mode == "fwd":
+        return lambda: fn(*case.args, **case.kwargs)
+    outs = forward()
+    cotangents = [torch.randn_like(o) for o in outs]
+    if mode == "fwd+bwd":
+        return lambda: torch.autograd.grad(forward(), inputs, cotangents)
+    # "bwd": the forward's graph is kept and reused
+    return lambda: torch.autograd.grad(outs, inputs, cotangents, retain_graph=True)
+
+
+def _config_of(spec: OpSpec) -> str:
+    parts = [f"{k.name}: {k.last_config()}" for k in spec.kernels if k.last_config() is not None]
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+def plan(spec: OpSpec, *, gpu: bool, dtypes=None, modes=None, max_seqlen=None):
+    """The (dims, dtype, mode) cases of one op, in sweep order."""
+    dtypes = dtypes or (list(spec.sweep_dtypes) if gpu else [torch.float32])
+    modes = [m for m in (modes or spec.modes) if m in spec.modes]
+    cases = [d for d in spec.sweep_cases(gpu) if max_seqlen is None or d["seqlen"] <= max_seqlen]
+    return [(dims, dtype, mode) for dims in cases for dtype in dtypes for mode in modes]
+
+
+def params_of(dims: dict) -> str:
+    return json.dumps({k: v for k, v in dims.items() if k != "seqlen"}, sort_keys=True)
+
+
+def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_providers=None, max_seqlen=None):
+    gpu = not rt.INTERPRET
+    if not gpu:
+        print("No GPU: the kernels run under the Triton interpreter on the CPU, at tiny sizes. "
+              "These timings measure the interpreter, NOT kernel performance.", flush=True)
+    if wanted_providers is None and not gpu:
+        wanted_providers = ["eager", "ours"] + [p for s in specs for p in s.peers]  # compiling on a CPU: minutes
+        print("(torch.compile providers are skipped under the interpreter; name them with --providers to add them.)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done, eager_ms = set(), {}
+    if out.exists() and out.stat().st_size:
+        prev = pd.read_csv(out, dtype={"params": str})
+        for row in prev.itertuples(index=False):
+            done.add((row.op, row.provider, row.mode, row.dtype, int(row.seqlen), row.params))
+            if row.provider == "eager" and pd.notna(row.ms):
+                eager_ms[(row.op, row.mode, row.dtype, int(row.seqlen), row.params)] = row.ms
+        print(f"resuming: {len(done)} rows already in {out}")
+
+    ceilings = measure_device()
+    device = rt.backend()
+    fixed = {"device": device, "torch": torch.__version__, "triton": triton.__version__, "commit": commit(), **ceilings}
+    print(f"device: {device}; copy {ceilings['copy_gbps']:.0f} GB/s, matmul {ceilings['matmul_tflops']:.1f} TFLOP/s")
+
+    work = []
+    for spec in specs:
+        provs = providers(spec, wanted_providers)
+        for dims, dtype, mode in plan(spec, gpu=gpu, dtypes=dtypes, modes=modes, max_seqlen=max_seqlen):
+            work.append((spec, provs, dims, dtype, mode))
+    total = sum(len(w[1]) for w in work)
+    bar = tqdm(total=total, desc="sweep", unit="run")
+    factories_made: dict = {}
+    for spec, provs, dims, dtype, mode in work:
+        dname, params, seqlen = DTYPE_NAMES[dtype], params_of(dims), dims["seqlen"]
+        todo = [p for p in provs if (spec.name, p, mode, dname, seqlen, params) not in done]
+        bar.update(len(provs) - len(todo))
+        if not todo:
+            continue
+        bar.set_postfix_str(f"{spec.name} {mode} {dname} seqlen={seqlen}")
+        try:
+            case = spec.make_case(dims, dtype, rt.DEVICE, requires_grad=mode != "fwd")
+        except Exception as e:  # noqa: BLE001  (a case that cannot even be built is recorded, not fatal)
+            case, case_error = None, f"{type(e).__name__}: {e}"
+        for provider in todo:
+            row = {"op": spec.name, "provider": provider, "mode": mode, "dtype": dname, "seqlen": seqlen,
+                   "params": params, **fixed, "error": ""}
+            try:
+                if case is None:
+                    raise RuntimeError(case_error)
+                key = (spec.name, provider)
+                if key not in factories_made:
+                    factories_made[key] = provs[provider]()
+                fn = factories_made[key]
+                if fn is None:
+                    raise RuntimeError(f"{provider} is not available here")
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                timed = _timed_fn(fn, case, mode)
+                timed()  # warm-up outside the timing (compilation, autotuning)
+                ms, p20, p80 = bench(timed)
+                flops, nbytes = spec.flops(dims, mode), spec.bytes_moved(dims, dtype, mode)
+                roof_ms = max(flops / (ceilings["matmul_tflops"] * 1e9), nbytes / (ceilings["copy_gbps"] * 1e6))
+                row.update(ms=ms, ms_p20=p20, ms_p80=p80, tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6,
+                           pct_roofline=100 * roof_ms / ms,
+                           peak_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+                           config=_config_of(spec) if provider == "ours" else "")
+                if provider == "eager":
+                    eager_ms[(spec.name, mode, dname, seqlen, params)] = ms
+                base = eager_ms.get((spec.name, mode, dname, seqlen, params))
+                row["speedup"] = base / ms if base else None
+            except Exception as e:  # noqa: BLE001  (OOM, a peer that cannot run: recorded, the sweep goes on)
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            row["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists() or
+                                                        not out.stat().st_size, index=False)
+            bar.update(1)
+        del case
+    bar.close()
+    print(f"wrote {out}" + ("" if gpu else "  (interpreter timings: not performance)"))
+    return out
+
+
+def all_specs() -> dict:
+    """Every sweepable spec: the ops of the registry, then the model-level sweeps."""
+    from kernels import OPS
+
+    specs = dict(OPS)
+    try:
+        from models.sweep import SPECS as MODEL_SPECS
+    except ImportError:
+        MODEL_SPECS = ()
+    specs.update({s.name: s for s in MODEL_SPECS})
+    return specs
+
+
+def default_out(name: str) -> Path:
+    return Path(os.environ.get("SWEEP_OUT", "out")) / f"{name}-{'interpreter' if rt.INTERPRET else 'gpu'}.csv"

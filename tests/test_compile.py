@@ -1,0 +1,23 @@
+"""Every kernel compiles for an H100 (sm_90) under every config, in bf16 and fp32 — checked without a GPU.
+
+Runs ``tests/compile_check.py`` in a fresh process (it needs the compiler backend, not the interpreter). On a
+GPU the real suite compiles everything anyway, so this runs only where there is none.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import OPS
+from kernels import _runtime as rt
+
+
+@pytest.mark.skipif(rt.GPU, reason="on a GPU every test compiles the kernels for real")
+@pytest.mark.parametrize("name", list(OPS))
+def test_compiles_for_h100(name):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "tests.compile_check", name], cwd=root, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
