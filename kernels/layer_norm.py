@@ -361,6 +361,14 @@ def _bad_inputs(fn, rms):
     return tuple(bad)
 
 
+# Rows wider than one tile (the looped path) with mean 1e4; one-wide and two-wide rows (a gradient that is zero
+# up to rounding); many rows with the weight but no bias.
+_EXAMPLES = (
+    {"rows": 3, "hidden": 8193, "offset": 1e4},
+    {"rows": 2, "hidden": 1},
+    {"rows": 5, "hidden": 2},
+    {"rows": 33, "hidden": 300, "offset": 1e4},
+)
 _TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 _GRAD_TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 
@@ -378,6 +386,7 @@ LAYER_NORM = OpSpec(
     grad_tolerance=_GRAD_TOL,
     kernels=(_norm_fwd, _norm_bwd),
     bad_inputs=_bad_inputs(layer_norm, rms=False),
+    examples=_EXAMPLES,
 )
 
 RMS_NORM = OpSpec(
@@ -394,6 +403,7 @@ RMS_NORM = OpSpec(
     grad_tolerance=_GRAD_TOL,
     kernels=(_norm_fwd, _norm_bwd),
     bad_inputs=_bad_inputs(rms_norm, rms=True),
+    examples=_EXAMPLES,
 )
 
 SPECS = (LAYER_NORM, RMS_NORM)

@@ -74,5 +74,7 @@ class OpSpec:
     sweep_dtypes: tuple = (torch.bfloat16,)
     # whether torch.compile of the reference is a sweep provider.
     compile_reference: bool = True
+    # dims always tested besides hypothesis' draws: the paths a small random draw may miss (a looped wide row...).
+    examples: tuple = ()
     # optional: check_outputs(ours, ref64, case) for outputs a relative norm cannot judge (e.g. integer ids).
     check_outputs: Callable | None = None

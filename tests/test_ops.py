@@ -2,6 +2,7 @@
 
 * ``test_matches_reference``: hypothesis draws the shape (the op's own strategy: sizes of one, odd and prime
   sizes, wide rows), the dtype, contiguous or strided inputs and a seed; outputs are NaN-poisoned.
+* ``test_example``: the op's must-cover dims (``OpSpec.examples``).
 * ``test_every_config``: each autotuned kernel of the op, under each of its configs, on a shape that is not a
   multiple of any tile.
 * ``test_bad_input``: each bad call the op lists raises the error it names.
@@ -36,6 +37,19 @@ def test_matches_reference(name):
         compare(spec, case, dtype, label=f"{name} {dims} contiguous={contiguous}")
 
     check()
+
+
+EXAMPLE_CASES = [pytest.param(name, dims, id=f"{name}-{i}") for name, spec in OPS.items()
+                 for i, dims in enumerate(spec.examples)]
+
+
+@pytest.mark.parametrize("name,dims", EXAMPLE_CASES)
+def test_example(name, dims):
+    """The op's own must-cover dims (paths a few random draws may miss), strided inputs, fp32 and fp16."""
+    spec = OPS[name]
+    case = spec.make_case(dims, torch.float64, rt.DEVICE, contiguous=False, requires_grad=_needs_grad(spec))
+    for dtype in DTYPES:
+        compare(spec, case, dtype, label=f"{name} {dims}")
 
 
 CONFIG_CASES = [
