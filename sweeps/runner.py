@@ -170,6 +170,7 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
     total = sum(len(w[1]) for w in work)
     bar = tqdm(total=total, desc="sweep", unit="run")
     factories_made: dict = {}
+    unavailable: list[str] = []
     for spec, provs, dims, dtype, mode in work:
         dname, params, seqlen = DTYPE_NAMES[dtype], params_of(dims), dims["seqlen"]
         todo = [p for p in provs if (spec.name, p, mode, dname, seqlen, params) not in done]
@@ -184,15 +185,23 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
         for provider in todo:
             row = {"op": spec.name, "provider": provider, "mode": mode, "dtype": dname, "seqlen": seqlen,
                    "params": params, **fixed, "error": ""}
+            key = (spec.name, provider)
+            if key not in factories_made:
+                try:
+                    factories_made[key] = provs[provider]()
+                except Exception as e:  # noqa: BLE001  (e.g. a peer's library missing: its rows say so)
+                    factories_made[key] = e
+                if factories_made[key] is None:  # the peer declares itself unavailable (no GPU, old torch)
+                    unavailable.append(f"{spec.name}/{provider}")
+            fn = factories_made[key]
+            if fn is None:
+                bar.update(1)
+                continue
             try:
                 if case is None:
                     raise RuntimeError(case_error)
-                key = (spec.name, provider)
-                if key not in factories_made:
-                    factories_made[key] = provs[provider]()
-                fn = factories_made[key]
-                if fn is None:
-                    raise RuntimeError(f"{provider} is not available here")
+                if isinstance(fn, Exception):
+                    raise fn
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -219,6 +228,8 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
             bar.update(1)
         del case
     bar.close()
+    if unavailable:
+        print("not available here, skipped: " + ", ".join(unavailable))
     print(f"wrote {out}" + ("" if gpu else "  (interpreter timings: not performance)"))
     return out
 

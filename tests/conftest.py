@@ -19,7 +19,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                print_blob=True)
-settings.register_profile("ci", derandomize=True, max_examples=8, database=None, **_common)
+settings.register_profile("ci", derandomize=True, max_examples=20, database=None, **_common)
 settings.register_profile("dev", max_examples=30, **_common)
 settings.register_profile("gpu", max_examples=60, **_common)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "gpu" if _runtime.GPU else "ci")

@@ -53,12 +53,17 @@ def test_failures_are_rows(tmp_path, spec):
     def broken(*args, **kwargs):
         raise MemoryError("pretend out of memory")
 
-    bad = dataclasses.replace(spec, name="broken_norm", fn=broken, peers={"missing": lambda: None})
+    def no_library():
+        raise ImportError("pretend the peer's library is missing")
+
+    bad = dataclasses.replace(spec, name="broken_norm", fn=broken,
+                              peers={"unavailable": lambda: None, "no_library": no_library})
     out = runner.run([bad], tmp_path / "bad.csv", modes=["fwd"])
     df = pd.read_csv(out)
     ours = df[df["provider"] == "ours"]
     assert ours["error"].str.contains("MemoryError").all() and ours["ms"].isna().all()
-    assert df[df["provider"] == "missing"]["error"].str.contains("not available").all()
+    assert "unavailable" not in set(df["provider"])  # a peer that declares itself unavailable is skipped
+    assert df[df["provider"] == "no_library"]["error"].str.contains("ImportError").all()
     assert df[df["provider"] == "eager"]["ms"].notna().all()  # the sweep went on
 
 
