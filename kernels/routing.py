@@ -152,7 +152,8 @@ def _routing_bwd(
         G = tl.where(hit, g[:, None], G)
         sel = tl.where(hit, 1.0, sel)
     if NORMALIZE:
-        s = tl.sum(sel * p, axis=1)  # sum of the unnormalised picks
+        s = tl.sum(sel * p, axis=1)  # sum of the unnormalised picks: >= the top pick's p >= 1/num_experts
+        s = tl.where(row_ok, s, 1.0)  # rows past the end select nothing: keep them finite (never stored)
         gw = tl.sum(G * p, axis=1) / s  # sum_j g_j w'_j
         G = sel * (G - gw[:, None]) / s[:, None]
     dz = p * (G - tl.sum(G * p, axis=1)[:, None])
