@@ -70,7 +70,7 @@ import triton.language as tl
 from hypothesis import strategies as st
 
 from . import _runtime as rt
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -901,27 +901,24 @@ def _bytes(dims, dtype, mode):
 
 
 def _bad_inputs():
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     x = torch.randn(1, 2, 5, 8)
     bad = [
-        BadInput("rank", case(torch.randn(2, 5, 8), x, x), ValueError, "q must have rank 4"),
-        BadInput("int q", case(x.int(), x, x), TypeError, "q must be float"),
-        BadInput("not a tensor", case(x, [1.0], x), TypeError, "k must be a torch.Tensor"),
-        BadInput("mixed dtypes", case(x, x.half(), x), TypeError, "k has dtype"),
-        BadInput("head dims", case(x, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), ValueError,
+        BadInput("rank", call(torch.randn(2, 5, 8), x, x), ValueError, "q must have rank 4"),
+        BadInput("int q", call(x.int(), x, x), TypeError, "q must be float"),
+        BadInput("not a tensor", call(x, [1.0], x), TypeError, "k must be a torch.Tensor"),
+        BadInput("mixed dtypes", call(x, x.half(), x), TypeError, "k has dtype"),
+        BadInput("head dims", call(x, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), ValueError,
                  "k must have q's head_dim"),
-        BadInput("v shape", case(x, x, torch.randn(1, 2, 5, 4)), ValueError, "v must have k's shape"),
-        BadInput("batch", case(x, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)), ValueError,
+        BadInput("v shape", call(x, x, torch.randn(1, 2, 5, 4)), ValueError, "v must have k's shape"),
+        BadInput("batch", call(x, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)), ValueError,
                  "k must have q's batch"),
-        BadInput("gqa ratio", case(torch.randn(1, 3, 5, 8), x, x), ValueError, "q_heads .* kv_heads"),
-        BadInput("q_len > kv_len", case(torch.randn(1, 2, 6, 8), x, x), ValueError, "q_len .* kv_len"),
-        BadInput("window 0", case(x, x, x, window=0), ValueError, "window must be >= 1"),
-        BadInput("window float", case(x, x, x, window=2.5), TypeError, "window must be an int"),
-        BadInput("window non-causal", case(x, x, x, causal=False, window=4), ValueError, "window needs causal"),
-        BadInput("head_dim 257", case(*(torch.randn(1, 1, 2, 257),) * 3), ValueError, "head_dim"),
-        BadInput("scale", case(x, x, x, scale="big"), TypeError, "scale must be"),
+        BadInput("gqa ratio", call(torch.randn(1, 3, 5, 8), x, x), ValueError, "q_heads .* kv_heads"),
+        BadInput("q_len > kv_len", call(torch.randn(1, 2, 6, 8), x, x), ValueError, "q_len .* kv_len"),
+        BadInput("window 0", call(x, x, x, window=0), ValueError, "window must be >= 1"),
+        BadInput("window float", call(x, x, x, window=2.5), TypeError, "window must be an int"),
+        BadInput("window non-causal", call(x, x, x, causal=False, window=4), ValueError, "window needs causal"),
+        BadInput("head_dim 257", call(*(torch.randn(1, 1, 2, 257),) * 3), ValueError, "head_dim"),
+        BadInput("scale", call(x, x, x, scale="big"), TypeError, "scale must be"),
     ]
     if torch.cuda.is_available():
         bad.append(BadInput("devices", lambda: Case((x.cuda(), x, x)), ValueError, "k is on cpu"))

@@ -30,7 +30,7 @@ import triton.language as tl
 from hypothesis import strategies as st
 
 from . import _runtime as rt
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 MAX_FUSED_N = 8192  # widest row kept whole in registers; wider rows loop over column tiles
 
@@ -343,19 +343,16 @@ def _flops(dims, mode):
 
 
 def _bad_inputs(fn, rms):
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     x = torch.randn(3, 8)
     bad = [
-        BadInput("int x", case(torch.ones(3, 8, dtype=torch.int32)), TypeError, "x must be float"),
-        BadInput("weight shape", case(x, torch.ones(7)), ValueError, "weight must have shape"),
-        BadInput("weight dtype", case(x, torch.ones(8, dtype=torch.float16)), TypeError, "weight has dtype"),
-        BadInput("not a tensor", case([1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
-        BadInput("eps zero", case(x, None, **({"eps": 0.0})), ValueError, "eps must be a positive"),
+        BadInput("int x", call(torch.ones(3, 8, dtype=torch.int32)), TypeError, "x must be float"),
+        BadInput("weight shape", call(x, torch.ones(7)), ValueError, "weight must have shape"),
+        BadInput("weight dtype", call(x, torch.ones(8, dtype=torch.float16)), TypeError, "weight has dtype"),
+        BadInput("not a tensor", call([1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
+        BadInput("eps zero", call(x, None, **({"eps": 0.0})), ValueError, "eps must be a positive"),
     ]
     if not rms:
-        bad.append(BadInput("bias shape", case(x, torch.ones(8), torch.ones(3, 8)), ValueError, "bias must have"))
+        bad.append(BadInput("bias shape", call(x, torch.ones(8), torch.ones(3, 8)), ValueError, "bias must have"))
     if torch.cuda.is_available():
         bad.append(BadInput("devices", lambda: Case((x.cuda(), torch.ones(8))), ValueError, "weight is on cpu"))
     return tuple(bad)

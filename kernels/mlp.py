@@ -53,7 +53,7 @@ import triton.language as tl
 from hypothesis import strategies as st
 
 from . import _runtime as rt
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 ACTIVATIONS = {"relu": 1, "relu2": 2, "gelu_tanh": 3}  # 0: none (the down-projection)
 DB_ROWS = 32  # the db_in partial sums are per 32-row band of dh (every BLOCK_M is a multiple)
@@ -415,25 +415,22 @@ def _bytes(dims, dtype, mode):
 
 
 def _bad_inputs():
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     x, w_in, b_in, w_out, b_out = torch.randn(5, 8), torch.randn(12, 8), torch.randn(12), torch.randn(8, 12), \
         torch.randn(8)
     return (
-        BadInput("int x", case(x.int(), w_in, b_in, w_out, b_out), TypeError, "x must be float"),
-        BadInput("x not a tensor", case([1.0], w_in, b_in, w_out, b_out), TypeError, "x must be a torch.Tensor"),
-        BadInput("w_in hidden", case(x, torch.randn(12, 7), b_in, w_out, b_out), ValueError,
+        BadInput("int x", call(x.int(), w_in, b_in, w_out, b_out), TypeError, "x must be float"),
+        BadInput("x not a tensor", call([1.0], w_in, b_in, w_out, b_out), TypeError, "x must be a torch.Tensor"),
+        BadInput("w_in hidden", call(x, torch.randn(12, 7), b_in, w_out, b_out), ValueError,
                  r"w_in must have shape \(inner, hidden\)"),
-        BadInput("w_in rank", case(x, torch.randn(12), b_in, w_out, b_out), ValueError, "w_in must have rank 2"),
-        BadInput("w_in dtype", case(x, w_in.half(), b_in, w_out, b_out), TypeError, "w_in has dtype"),
-        BadInput("w_out inner", case(x, w_in, b_in, torch.randn(8, 11), b_out), ValueError,
+        BadInput("w_in rank", call(x, torch.randn(12), b_in, w_out, b_out), ValueError, "w_in must have rank 2"),
+        BadInput("w_in dtype", call(x, w_in.half(), b_in, w_out, b_out), TypeError, "w_in has dtype"),
+        BadInput("w_out inner", call(x, w_in, b_in, torch.randn(8, 11), b_out), ValueError,
                  r"w_out must have shape \(hidden, inner\)"),
-        BadInput("w_out int", case(x, w_in, b_in, w_out.long(), b_out), TypeError, "w_out must be float"),
-        BadInput("b_in length", case(x, w_in, torch.randn(11), w_out, b_out), ValueError, "b_in must have shape"),
-        BadInput("b_out length", case(x, w_in, b_in, w_out, torch.randn(12)), ValueError, "b_out must have shape"),
-        BadInput("b_out dtype", case(x, w_in, b_in, w_out, b_out.double()), TypeError, "b_out must be float"),
-        BadInput("activation", case(x, w_in, b_in, w_out, b_out, activation="swish"), ValueError,
+        BadInput("w_out int", call(x, w_in, b_in, w_out.long(), b_out), TypeError, "w_out must be float"),
+        BadInput("b_in length", call(x, w_in, torch.randn(11), w_out, b_out), ValueError, "b_in must have shape"),
+        BadInput("b_out length", call(x, w_in, b_in, w_out, torch.randn(12)), ValueError, "b_out must have shape"),
+        BadInput("b_out dtype", call(x, w_in, b_in, w_out, b_out.double()), TypeError, "b_out must be float"),
+        BadInput("activation", call(x, w_in, b_in, w_out, b_out, activation="swish"), ValueError,
                  "activation must be one of"),
     )
 

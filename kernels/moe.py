@@ -62,7 +62,7 @@ from hypothesis import strategies as st
 
 from . import _runtime as rt
 from .routing import check_k, softmax_topk, topk_routing_reference
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 MAX_EXPERTS = 256  # the router keeps a token's logits over all experts in one (BLOCK_M, E) register tile
 
@@ -662,25 +662,22 @@ def _peer_grouped_mm():
 
 
 def _bad_inputs():
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     x, r, gu, dn = torch.randn(5, 16), torch.randn(8, 16), torch.randn(8, 24, 16), torch.randn(8, 16, 12)
     bad = [
-        BadInput("int x", case(x.int(), r, gu, dn, k=2), TypeError, "x must be float"),
-        BadInput("router hidden", case(x, torch.randn(8, 15), gu, dn, k=2), ValueError, "router_weight must have shape"),
-        BadInput("router rank", case(x, torch.randn(8), gu, dn, k=2), ValueError, "router_weight must have rank"),
-        BadInput("gate_up experts", case(x, r, torch.randn(7, 24, 16), dn, k=2), ValueError, "gate_up must have shape"),
-        BadInput("gate_up inner", case(x, r, torch.randn(8, 22, 16), dn, k=2), ValueError, "gate_up must have shape"),
-        BadInput("gate_up hidden", case(x, r, torch.randn(8, 24, 15), dn, k=2), ValueError, "gate_up must have shape"),
-        BadInput("down hidden", case(x, r, gu, torch.randn(8, 15, 12), k=2), ValueError, "down must have shape"),
-        BadInput("down experts", case(x, r, gu, torch.randn(9, 16, 12), k=2), ValueError, "down must have shape"),
-        BadInput("down dtype", case(x, r, gu, dn.half(), k=2), TypeError, "down has dtype"),
-        BadInput("k zero", case(x, r, gu, dn, k=0), ValueError, "k must be"),
-        BadInput("k > experts", case(x, r, gu, dn, k=9), ValueError, "k must be"),
-        BadInput("too many experts", case(x, torch.randn(257, 16), torch.randn(257, 24, 16),
+        BadInput("int x", call(x.int(), r, gu, dn, k=2), TypeError, "x must be float"),
+        BadInput("router hidden", call(x, torch.randn(8, 15), gu, dn, k=2), ValueError, "router_weight must have shape"),
+        BadInput("router rank", call(x, torch.randn(8), gu, dn, k=2), ValueError, "router_weight must have rank"),
+        BadInput("gate_up experts", call(x, r, torch.randn(7, 24, 16), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("gate_up inner", call(x, r, torch.randn(8, 22, 16), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("gate_up hidden", call(x, r, torch.randn(8, 24, 15), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("down hidden", call(x, r, gu, torch.randn(8, 15, 12), k=2), ValueError, "down must have shape"),
+        BadInput("down experts", call(x, r, gu, torch.randn(9, 16, 12), k=2), ValueError, "down must have shape"),
+        BadInput("down dtype", call(x, r, gu, dn.half(), k=2), TypeError, "down has dtype"),
+        BadInput("k zero", call(x, r, gu, dn, k=0), ValueError, "k must be"),
+        BadInput("k > experts", call(x, r, gu, dn, k=9), ValueError, "k must be"),
+        BadInput("too many experts", call(x, torch.randn(257, 16), torch.randn(257, 24, 16),
                                           torch.randn(257, 16, 12), k=2), ValueError, "router_weight must have 1.."),
-        BadInput("requires grad", case(x.clone().requires_grad_(), r, gu, dn, k=2), NotImplementedError, "no backward"),
+        BadInput("requires grad", call(x.clone().requires_grad_(), r, gu, dn, k=2), NotImplementedError, "no backward"),
     ]
     if torch.cuda.is_available():
         bad.append(BadInput("devices", lambda: Case((x.detach().cuda(), r, gu, dn), {"k": 2}), ValueError,

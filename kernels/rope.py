@@ -44,7 +44,7 @@ import triton.language as tl
 from hypothesis import strategies as st
 
 from . import _runtime as rt
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 
 def _rope_configs():
@@ -343,25 +343,22 @@ def _bytes(dims, dtype, mode):
 
 
 def _bad_inputs():
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     x = torch.randn(2, 3, 5, 8)
     pos = torch.arange(5)
     return (
-        BadInput("odd rotary_dim", case(x, pos, rotary_dim=3), ValueError, "rotary_dim must be even"),
-        BadInput("rotary_dim > head_dim", case(x, pos, rotary_dim=10), ValueError, r"rotary_dim must be in \[2"),
-        BadInput("rotary_dim 0", case(x, pos, rotary_dim=0), ValueError, r"rotary_dim must be in \[2"),
-        BadInput("rotary_dim float", case(x, pos, rotary_dim=4.0), TypeError, "rotary_dim must be an int"),
-        BadInput("float positions", case(x, pos.float()), TypeError, "positions must be an integer tensor"),
-        BadInput("bool positions", case(x, pos > 2), TypeError, "positions must be an integer tensor"),
-        BadInput("positions length", case(x, torch.arange(4)), ValueError, "positions must have shape"),
-        BadInput("positions batch", case(x, torch.zeros(3, 5, dtype=torch.int64)), ValueError,
+        BadInput("odd rotary_dim", call(x, pos, rotary_dim=3), ValueError, "rotary_dim must be even"),
+        BadInput("rotary_dim > head_dim", call(x, pos, rotary_dim=10), ValueError, r"rotary_dim must be in \[2"),
+        BadInput("rotary_dim 0", call(x, pos, rotary_dim=0), ValueError, r"rotary_dim must be in \[2"),
+        BadInput("rotary_dim float", call(x, pos, rotary_dim=4.0), TypeError, "rotary_dim must be an int"),
+        BadInput("float positions", call(x, pos.float()), TypeError, "positions must be an integer tensor"),
+        BadInput("bool positions", call(x, pos > 2), TypeError, "positions must be an integer tensor"),
+        BadInput("positions length", call(x, torch.arange(4)), ValueError, "positions must have shape"),
+        BadInput("positions batch", call(x, torch.zeros(3, 5, dtype=torch.int64)), ValueError,
                  "positions must have shape"),
-        BadInput("positions list", case(x, [0, 1, 2, 3, 4]), TypeError, "positions must be a torch.Tensor"),
-        BadInput("x rank 3", case(torch.randn(3, 5, 8), pos), ValueError, "x must have rank 4"),
-        BadInput("int x", case(torch.ones(2, 3, 5, 8, dtype=torch.int32), pos), TypeError, "x must be float"),
-        BadInput("theta", case(x, pos, theta=0.0), ValueError, "theta must be a positive"),
+        BadInput("positions list", call(x, [0, 1, 2, 3, 4]), TypeError, "positions must be a torch.Tensor"),
+        BadInput("x rank 3", call(torch.randn(3, 5, 8), pos), ValueError, "x must have rank 4"),
+        BadInput("int x", call(torch.ones(2, 3, 5, 8, dtype=torch.int32), pos), TypeError, "x must be float"),
+        BadInput("theta", call(x, pos, theta=0.0), ValueError, "theta must be a positive"),
     )
 
 

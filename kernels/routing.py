@@ -39,7 +39,7 @@ import triton.language as tl
 from hypothesis import strategies as st
 
 from . import _runtime as rt
-from .spec import BadInput, Case, OpSpec
+from .spec import BadInput, Case, OpSpec, call
 
 MAX_EXPERTS = 1024  # a whole row of logits stays in registers
 
@@ -322,18 +322,15 @@ def _peer_topk_compile():
 
 
 def _bad_inputs():
-    def case(*args, **kwargs):
-        return lambda: Case(args, kwargs)
-
     z = torch.randn(5, 8)
     return (
-        BadInput("k zero", case(z, 0), ValueError, "k must be"),
-        BadInput("k too big", case(z, 9), ValueError, "k must be"),
-        BadInput("k float", case(z, 2.0), ValueError, "k must be"),
-        BadInput("int logits", case(torch.ones(5, 8, dtype=torch.int32), 2), TypeError, "logits must be float"),
-        BadInput("rank 1", case(torch.randn(8), 2), ValueError, "logits must have rank"),
-        BadInput("not a tensor", case([[1.0, 2.0]], 1), TypeError, "logits must be a torch.Tensor"),
-        BadInput("too many experts", case(torch.randn(2, MAX_EXPERTS + 1), 2), ValueError, "logits must have 1.."),
+        BadInput("k zero", call(z, 0), ValueError, "k must be"),
+        BadInput("k too big", call(z, 9), ValueError, "k must be"),
+        BadInput("k float", call(z, 2.0), ValueError, "k must be"),
+        BadInput("int logits", call(torch.ones(5, 8, dtype=torch.int32), 2), TypeError, "logits must be float"),
+        BadInput("rank 1", call(torch.randn(8), 2), ValueError, "logits must have rank"),
+        BadInput("not a tensor", call([[1.0, 2.0]], 1), TypeError, "logits must be a torch.Tensor"),
+        BadInput("too many experts", call(torch.randn(2, MAX_EXPERTS + 1), 2), ValueError, "logits must have 1.."),
     )
 
 

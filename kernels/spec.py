@@ -40,6 +40,11 @@ class BadInput:
     match: str
 
 
+def call(*args, **kwargs) -> Callable[[], Case]:
+    """A :class:`BadInput`'s ``make``: the op called with exactly these arguments."""
+    return lambda: Case(args, kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     name: str
