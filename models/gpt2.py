@@ -90,10 +90,8 @@ class MLP(nn.Module):
         self.activation = c.activation
 
     def forward(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        y = kernels.mlp(rows, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias,
-                        activation=self.activation)
-        return y.view(x.shape)
+        return kernels.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias,
+                           activation=self.activation)
 
 
 class Block(nn.Module):

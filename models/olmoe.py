@@ -115,10 +115,8 @@ class MoE(nn.Module):
         self.top_k, self.norm_topk_prob = c.top_k, c.norm_topk_prob
 
     def forward(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        y = kernels.moe(rows, self.gate.weight, self.experts.gate_up_proj, self.experts.down_proj,
-                        k=self.top_k, normalize=self.norm_topk_prob)
-        return y.view(x.shape)
+        return kernels.moe(x, self.gate.weight, self.experts.gate_up_proj, self.experts.down_proj,
+                           k=self.top_k, normalize=self.norm_topk_prob)
 
 
 class Layer(nn.Module):

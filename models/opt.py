@@ -94,10 +94,8 @@ class Layer(nn.Module):
         self.pre_ln, self.activation = c.pre_ln, c.activation
 
     def mlp(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        y = kernels.mlp(rows, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                        activation=self.activation)
-        return y.view(x.shape)
+        return kernels.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                           activation=self.activation)
 
     def forward(self, x, cache, window):
         if self.pre_ln:

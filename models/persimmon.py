@@ -94,10 +94,8 @@ class MLP(nn.Module):
         self.activation = c.activation
 
     def forward(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        y = kernels.mlp(rows, self.dense_h_to_4h.weight, self.dense_h_to_4h.bias,
-                        self.dense_4h_to_h.weight, self.dense_4h_to_h.bias, activation=self.activation)
-        return y.view(x.shape)
+        return kernels.mlp(x, self.dense_h_to_4h.weight, self.dense_h_to_4h.bias,
+                           self.dense_4h_to_h.weight, self.dense_4h_to_h.bias, activation=self.activation)
 
 
 class Layer(nn.Module):
