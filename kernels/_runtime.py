@@ -42,6 +42,12 @@ H100_SHARED_MEMORY = 232448  # bytes a program may use on sm_90
 compiled: list = []  # (kernel name, config, shared bytes) of every compile-only launch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Triton 3.6's interpreter keeps bf16 as raw uint16 bits and multiplies those as integers in tl.dot (and in any
+# arithmetic done in bf16), so a bf16 kernel under the interpreter returns garbage. Refused, never run.
+BF16_UNDER_INTERPRETER = (
+    "{name} is bfloat16, which the Triton interpreter (no GPU here) cannot compute correctly: it treats bf16 "
+    "values as 16-bit integers in tl.dot. Use float32 or float16 on the CPU, or run on a GPU."
+)
 
 
 def backend() -> str:
@@ -173,6 +179,8 @@ def check_tensor(name: str, t, *, float_only=True, rank=None, min_rank=None) -> 
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if float_only and t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if float_only and INTERPRET and t.dtype == torch.bfloat16:
+        raise TypeError(BF16_UNDER_INTERPRETER.format(name=name))
     if rank is not None and t.dim() != rank:
         raise ValueError(f"{name} must have rank {rank}, got shape {tuple(t.shape)}")
     if min_rank is not None and t.dim() < min_rank:

@@ -83,3 +83,13 @@ def test_bad_input(name, bad):
 def test_outputs_are_poisoned():
     """The tests above rely on this: an output element no kernel wrote reads as NaN, and NaN fails."""
     assert torch.isnan(rt.empty((4,), torch.float32, rt.DEVICE)).all()
+
+
+@pytest.mark.skipif(not rt.INTERPRET, reason="bf16 is refused only under the interpreter; a GPU runs it")
+@pytest.mark.parametrize("name", list(OPS))
+def test_bf16_is_refused_under_the_interpreter(name):
+    """The interpreter computes bf16 wrong (raw bits multiplied as integers): a bf16 call is refused, never run."""
+    spec = OPS[name]
+    case = spec.make_case(spec.config_dims, torch.bfloat16, rt.DEVICE)
+    with pytest.raises(TypeError, match="bfloat16, which the Triton interpreter"):
+        spec.fn(*case.args, **case.kwargs)
