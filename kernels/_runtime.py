@@ -77,15 +77,18 @@ class Tuned:
     """An autotuned kernel: ``kernel[grid](*args)`` launches it with a config from ``configs``.
 
     On a GPU the config is Triton's autotuner's choice, keyed on ``key``; under the interpreter (or while a test
-    forces one) it is ``configs[index]`` launched directly. ``prune(configs, named_args)`` may drop configs that
-    cannot serve a given call (say, a tile wider than the problem); it must leave at least one.
+    forces one) it is launched directly: the forced one, else ``default``. ``default`` names a config by its
+    meta-parameters (``{"BLOCK_M": 64, "num_warps": 4}``: the one config whose kwargs, and ``num_warps`` /
+    ``num_stages`` if given, match), or is None when there is only one config. ``prune(configs, named_args)``
+    may drop configs that cannot serve a given call (say, a tile wider than the problem); it must leave at least
+    one, and under the interpreter a default that does not fit gives way to the first config that does.
     """
 
-    def __init__(self, fn, configs, key, default=0, prune=None):
+    def __init__(self, fn, configs, key, default=None, prune=None):
         self.fn = fn
         self.name = fn.__name__
         self.configs = list(configs)
-        self.default = default
+        self.default = find_config(self.configs, default, self.name)
         self.prune = prune
         self.arg_names = list(fn.arg_names)
         self._autotuner = None
@@ -103,7 +106,7 @@ class Tuned:
             return self._autotuner[grid]
 
         def launch(*args, **kwargs):
-            config = self.configs[self.default if index is None else index]
+            config = self.default if index is None else self.configs[index]
             if index is None and self.prune is not None:
                 # Under the interpreter the default may not fit this call: take the first config that does.
                 fitting = self.prune(self.configs, dict(zip(self.arg_names, args)) | kwargs)
@@ -127,8 +130,24 @@ class Tuned:
         return getattr(self, "_last_config", None)
 
 
-def autotune(configs, key, default=0, prune=None):
-    """Decorator: ``@autotune(configs, key=[...])`` above ``@triton.jit`` makes a :class:`Tuned` kernel."""
+def find_config(configs, named: dict | None, kernel_name: str):
+    """The one config of ``configs`` that ``named`` describes (see :class:`Tuned`); a typo fails at import."""
+    if isinstance(named, int) or (named is None and len(configs) > 1):  # TRANSITION: ops not yet moved
+        return configs[named or 0]
+    if named is None:
+        if len(configs) != 1:
+            raise ValueError(f"{kernel_name}: {len(configs)} configs, so a default config must be named")
+        return configs[0]
+    launch = {"num_warps", "num_stages"}
+    matches = [c for c in configs
+               if all((getattr(c, k) if k in launch else c.kwargs.get(k)) == v for k, v in named.items())]
+    if len(matches) != 1:
+        raise ValueError(f"{kernel_name}: default {named} matches {len(matches)} of its configs, not exactly one")
+    return matches[0]
+
+
+def autotune(configs, key, default=None, prune=None):
+    """Decorator: ``@autotune(configs, key=[...], default={...})`` above ``@triton.jit`` makes a :class:`Tuned`."""
     return lambda fn: Tuned(fn, configs, key, default=default, prune=prune)
 
 

@@ -1,12 +1,13 @@
 """Every op of the playground, by name. Tests and sweeps are generated from this list.
 
-Each module named here is one op file exporting ``SPECS``, a tuple of :class:`kernels.spec.OpSpec`; adding an
-op is its own file plus one entry in ``OP_MODULES``.
+Each entry is a folder ``kernels/ops/<entry>/`` whose ``spec.py`` exports ``SPECS``, a tuple of
+:class:`kernels.spec.OpSpec` (see ``kernels/ops/__init__.py`` for the folder's layout). Adding an op is its
+folder plus one line here.
 """
 
 import importlib
 
-OP_MODULES = [
+OP_PACKAGES = [
     "layer_norm",  # layer_norm, rms_norm
     "attention",  # attention
     "rope",  # partial_rope
@@ -15,4 +16,13 @@ OP_MODULES = [
     "moe",  # moe
 ]
 
-OPS = {spec.name: spec for module in OP_MODULES for spec in importlib.import_module(f"kernels.{module}").SPECS}
+
+
+def _spec_module(package):
+    try:
+        return importlib.import_module(f"kernels.ops.{package}.spec")
+    except ModuleNotFoundError:  # TRANSITION: an op not yet moved into its folder
+        return importlib.import_module(f"kernels.{package}")
+
+
+OPS = {spec.name: spec for package in OP_PACKAGES for spec in _spec_module(package).SPECS}

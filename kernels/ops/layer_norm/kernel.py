@@ -1,0 +1,190 @@
+"""The Triton kernels of LayerNorm and RMSNorm: one kernel pair serves both.
+
+    layer_norm(x) = (x - mean(x)) * rstd * weight + bias,   rstd = 1 / sqrt(var(x) + eps)
+    rms_norm(x)   = weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)       (HF OLMoE/Llama RMSNorm)
+
+Tiling. A program owns ``BLOCK_M`` rows. When the row fits one ``BLOCK_N``-wide tile (hidden <= 8192) the
+whole ``(BLOCK_M, BLOCK_N)`` tile stays in registers: x is read once, the statistics are two-pass
+(``var = mean((x - mean)^2)``, the mean summed relative to the row's first element, so rows with mean 1e4 keep
+their precision), and y is written once. Wider rows
+loop over column tiles: one pass for the mean, one for the variance, one to normalise (the row stays in L2).
+Statistics are fp32 whatever x's dtype; per-row mean and rstd are saved for the backward.
+
+Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm), g = dy * weight:
+    dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (the mean(g) term is LayerNorm's only)
+    dweight = sum_rows dy * xhat,   dbias = sum_rows dy
+The backward grid is persistent-ish: a fixed number of programs each walk a strided set of row tiles and keep
+their dweight/dbias partial sums in registers, writing one partial row per program at the end; the partials
+are summed afterwards (deterministic, no atomics).
+"""
+
+import triton
+import triton.language as tl
+
+from ... import _runtime as rt
+
+MAX_FUSED_N = 8192  # widest row kept whole in registers; wider rows loop over column tiles
+
+# (BLOCK_M rows per program, warps): one row per program for wide rows, up to 16 rows for narrow ones.
+CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in [(1, 4), (1, 8), (4, 4), (8, 8), (16, 8)]]
+
+
+def fits(configs, nargs):
+    """The rule: keep configs whose (BLOCK_M, BLOCK_N) tile stays within 16K elements of registers."""
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] * nargs["BLOCK_N"] <= 16384]
+    return fitting or configs[:1]
+
+
+@rt.autotune(CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 16}, prune=fits)
+@triton.jit
+def norm_fwd(
+    X, W, B, Y, Mean, Rstd,
+    n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)  # row * stride can pass 2^31 on big activations
+    x_row = X + rows64[:, None] * stride_xm
+    y_row = Y + rows64[:, None] * stride_ym
+    cols0 = tl.arange(0, BLOCK_N)
+    # The mean is kept relative to the row's first element (``pivot``): with mean 1e4, an fp32 mean is only
+    # good to ~5e-4 (its ulp), an error every centred value inherits. x - pivot is exact, so the mean is kept
+    # as pivot + mean, and Mean stores the small part (the backward reloads pivot).
+    if RMS:
+        pivot = tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
+
+    if SINGLE_TILE:  # the whole row in registers
+        mask = row_ok[:, None] & (cols0[None, :] < N)
+        x = tl.load(x_row + cols0[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
+        if RMS:
+            mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+            xc = x
+        else:
+            mean = tl.sum(tl.where(mask, x - pivot[:, None], 0.0), axis=1) / N
+            xc = tl.where(mask, (x - pivot[:, None]) - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+    else:  # loop over column tiles: mean, then centred variance
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if not RMS:
+            for start in range(0, N, BLOCK_N):
+                cols = start + cols0
+                mask = row_ok[:, None] & (cols[None, :] < N)
+                xt = tl.load(x_row + cols[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
+                acc += tl.where(mask, xt - pivot[:, None], 0.0)
+        mean = tl.sum(acc, axis=1) / N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + cols0
+            mask = row_ok[:, None] & (cols[None, :] < N)
+            xt = tl.load(x_row + cols[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
+            xt = tl.where(mask, (xt - pivot[:, None]) - mean[:, None], 0.0)
+            acc += xt * xt
+        rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / N + eps)
+
+    if not RMS:
+        tl.store(Mean + rows, mean, mask=row_ok)
+    tl.store(Rstd + rows, rstd, mask=row_ok)
+
+    for start in range(0, N, BLOCK_N):
+        cols = start + cols0
+        col_ok = cols < N
+        mask = row_ok[:, None] & col_ok[None, :]
+        if SINGLE_TILE:
+            xhat = xc * rstd[:, None]
+        else:
+            xt = tl.load(x_row + cols[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
+            xhat = ((xt - pivot[:, None]) - mean[:, None]) * rstd[:, None]
+        if RMS:
+            # HF rounds the normalised x to x's dtype before the weight multiplies it.
+            xhat = xhat.to(Y.dtype.element_ty).to(tl.float32)
+        if HAS_W:
+            xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_B:
+            xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
+
+
+@rt.autotune(CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 16}, prune=fits)
+@triton.jit
+def norm_bwd(
+    X, W, DY, DX, Mean, Rstd, DW_partial, DB_partial,
+    n_rows, N, stride_xm, stride_xn, stride_dym, stride_dyn, stride_dxm, stride_dxn,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr, OUT_DTYPE_ROUND: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols0 = tl.arange(0, BLOCK_N)
+    # dweight/dbias partials of this program: in registers when a row fits one tile, else in its own
+    # row of the partial buffers (no other program touches it, so plain load/add/store is race-free).
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        rows64 = rows.to(tl.int64)
+        rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
+        if RMS:
+            pivot = tl.zeros([BLOCK_M], dtype=tl.float32)
+            mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+        else:  # the forward's split mean: pivot (the row's first element) + Mean
+            pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
+            mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
+        # pass 1: the two row sums mean(g * xhat) and mean(g)
+        sum_gx = tl.zeros([BLOCK_M], dtype=tl.float32)
+        sum_g = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + cols0
+            col_ok = cols < N
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
+            dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
+            xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
+            g = dy.to(tl.float32)
+            if HAS_W:
+                g *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            sum_gx += tl.sum(g * xhat, axis=1)
+            sum_g += tl.sum(g, axis=1)
+        c1 = sum_gx / N
+        c2 = sum_g / N
+        # pass 2: dx, and the weight/bias partials
+        for start in range(0, N, BLOCK_N):
+            cols = start + cols0
+            col_ok = cols < N
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
+            dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
+            xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
+            dy = dy.to(tl.float32)
+            g = dy
+            if HAS_W:
+                g *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if RMS:
+                dx = (g - xhat * c1[:, None]) * rstd[:, None]
+            else:
+                dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            tl.store(DX + rows64[:, None] * stride_dxm + cols[None, :] * stride_dxn,
+                     dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_W:
+                if OUT_DTYPE_ROUND:  # RMSNorm's weight multiplies the normalised x rounded to x's dtype
+                    xhat = xhat.to(DX.dtype.element_ty).to(tl.float32)
+                if SINGLE_TILE:
+                    dw_acc += tl.sum(dy * xhat, axis=0)
+                else:
+                    p = DW_partial + pid * N + cols
+                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy * xhat, axis=0), mask=col_ok)
+            if HAS_B:
+                if SINGLE_TILE:
+                    db_acc += tl.sum(dy, axis=0)
+                else:
+                    p = DB_partial + pid * N + cols
+                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy, axis=0), mask=col_ok)
+    if SINGLE_TILE:
+        if HAS_W:
+            tl.store(DW_partial + pid * N + cols0, dw_acc, mask=cols0 < N)
+        if HAS_B:
+            tl.store(DB_partial + pid * N + cols0, db_acc, mask=cols0 < N)
