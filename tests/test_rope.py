@@ -6,7 +6,7 @@ import torch
 
 import kernels
 from kernels import _runtime as rt
-from kernels.rope import partial_rope_reference
+from kernels.ops.rope.reference import partial_rope_reference
 from tests.checks import rel_err
 
 DEV = rt.DEVICE
