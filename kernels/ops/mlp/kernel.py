@@ -1,0 +1,191 @@
+"""The Triton kernels of the MLP: ONE GEMM with a fused epilogue does every matmul, forward and backward, and a
+column sum finishes the bias gradients.
+
+``gemm`` computes ``C = A @ B`` for ``A: (M, K)`` and ``B: (K, N)`` given by pointers and strides, so a transpose
+is just swapped strides (``w.T`` is ``w`` read with ``(stride(1), stride(0))``), and a constexpr-selected
+epilogue finishes the fp32 accumulator tile in registers (``api.py`` makes these calls):
+
+    forward, up      C = a      = act(x @ w_in.T + b_in)   epilogue: + bias, store h (training only), act
+    forward, down    C = y      = a @ w_out.T + b_out      epilogue: + bias
+    backward         C = dh     = (dy @ w_out) * act'(h)   epilogue: load the h tile, multiply by act'(h);
+                                                                     column sums of dh -> partial db_in
+                     C = dx     = dh @ w_in
+                     C = dw_in  = dh.T @ x
+                     C = dw_out = dy.T @ a
+    db_out = column sums of dy (a small Triton reduction, ``col_sum``; it also finishes db_in's partial sums).
+
+Activations (the ``ACT``/``DACT`` codes of ``ACTIVATIONS``): relu, relu(h)^2, and GPT-2's gelu_new
+``0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))``, all applied to the unrounded fp32 tile.
+
+Tiling (the Triton matmul tutorial's): a program owns a ``BLOCK_M x BLOCK_N`` tile of C and walks K in
+``BLOCK_K`` steps, accumulating ``tl.dot`` in fp32. Program ids are ordered in groups of ``GROUP_M`` row-tiles
+(``kernels.common.tiling.grouped_tile``): consecutive programs share B column-tiles and A row-tiles while they
+are still in L2. A's rows and B's columns past the edge are wrapped (``% M``, ``% N``) so the inner loop loads
+need only the K mask; the epilogue's stores are masked. Pointers step by ``BLOCK_K * stride`` (64-bit), row
+offsets are int64.
+
+Precision. fp16/bf16 inputs use the tensor cores with an fp32 accumulator; intermediates (a, h, dh) are stored in
+the input dtype, as PyTorch's own eager MLP does (ours applies act to the unrounded fp32 h, a little more accurate).
+fp32 inputs use ``input_precision="ieee"`` (``PRECISION``, from ``kernels.common.precision.dot_precision``): a
+GPU's default for fp32 ``tl.dot`` is TF32 (10-bit mantissa, ~1e-3 relative error), which would break the fp32
+contract (< 1e-4); IEEE fp32 is slow (CUDA cores) but fp32 here is for checking, bf16 is for speed. With
+``PRECISION == "ieee"`` the kernel halves BLOCK_K so a pipeline stage takes the same shared memory as in 16 bits
+(every config fits an H100 in either dtype).
+"""
+
+import triton
+import triton.language as tl
+
+from ... import _runtime as rt
+from ...common.tiling import grouped_tile
+
+ACTIVATIONS = {"relu": 1, "relu2": 2, "gelu_tanh": 3}  # the ACT/DACT codes; 0: none (the down-projection)
+DB_ROWS = 32  # the db_in partial sums are per 32-row band of dh (every BLOCK_M is a multiple)
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), H100 choices: the big 128x256 tile for prefill-sized
+# GEMMs (Persimmon-8B's up-projection), two 128-row tiles and a 64-row one for mid sizes and skinny
+# outputs, and a 32x64 tile for a few tokens (decode). Shared memory (16-bit): 144, 128, 96, 96, 24 KB.
+# EPI_SPLIT: the 256-wide tile finishes its epilogue in two halves (see gemm).
+GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EPI_SPLIT": n >= 256},
+                              num_stages=s, num_warps=w)
+                for m, n, k, s, w in [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 4),
+                                      (64, 128, 64, 4, 4), (32, 64, 32, 4, 4)]]
+
+
+@triton.jit
+def _activation(h, ACT: tl.constexpr):
+    """act(h) in fp32; ACT: 0 none, 1 relu, 2 relu^2, 3 gelu_tanh."""
+    if ACT == 1:
+        out = tl.maximum(h, 0.0)
+    elif ACT == 2:
+        r = tl.maximum(h, 0.0)
+        out = r * r
+    elif ACT == 3:
+        # 0.5 h (1 + tanh(u)) == h * sigmoid(2u): the same function, without tanh's cancellation near -1.
+        u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+        out = h / (1.0 + tl.exp(-2.0 * u))
+    else:
+        out = h
+    return out
+
+
+@triton.jit
+def _activation_grad(h, ACT: tl.constexpr):
+    """act'(h) in fp32 (relu' is 0 at h = 0, as torch's)."""
+    if ACT == 1:
+        out = tl.where(h > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        out = 2.0 * tl.maximum(h, 0.0)
+    elif ACT == 3:
+        # d/dh [h s], s = sigmoid(2u): s + h * 2 s (1 - s) * u'(h),  u' = sqrt(2/pi) (1 + 3 * 0.044715 h^2)
+        u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+        s = 1.0 / (1.0 + tl.exp(-2.0 * u))
+        out = s + 2.0 * h * s * (1.0 - s) * (0.7978845608028654 * (1.0 + 0.134145 * h * h))
+    else:
+        out = tl.zeros_like(h) + 1.0
+    return out
+
+
+@rt.autotune(GEMM_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "ACT", "STORE_PRE", "DACT", "BIAS_GRAD"],
+             default={"BLOCK_M": 128, "BLOCK_N": 256})
+@triton.jit
+def gemm(
+    A, B, C, Bias, H, DBias,
+    M, N, K,
+    s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_hm, s_hn,
+    HAS_BIAS: tl.constexpr,  # C += Bias[n]
+    ACT: tl.constexpr,  # C = act(C) (after the bias)
+    STORE_PRE: tl.constexpr,  # store the pre-activation (after the bias) to H
+    DACT: tl.constexpr,  # C *= act'(H), act by DACT's code (backward)
+    BIAS_GRAD: tl.constexpr,  # column sums of C per 32-row band into DBias (backward)
+    PRECISION: tl.constexpr,  # tl.dot's input_precision; "ieee" (fp32 inputs) also takes half-depth K steps
+    EPI_SPLIT: tl.constexpr,  # finish the tile in two column halves (config choice: wide tiles)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # ---- which tile: grouped ordering (a wave of programs touches GROUP_M rows of A and few columns of B).
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+
+    # ---- the K loop. Rows/columns past the edge wrap around (their results are never stored).
+    BK: tl.constexpr = BLOCK_K // 2 if PRECISION == "ieee" else BLOCK_K
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BK)
+    a_ptrs = A + ((offs_m % M).to(tl.int64)[:, None] * s_am + offs_k[None, :] * s_ak)
+    b_ptrs = B + (offs_k[:, None] * s_bk + (offs_n % N).to(tl.int64)[None, :] * s_bn)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BK)):
+        k_left = K - k * BK
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BK * s_ak
+        b_ptrs += BK * s_bk
+
+    # ---- the epilogue, on the fp32 tile in registers. A 256-wide tile is finished in two 128-wide halves, so
+    # the epilogue's temporaries (h tile, activation) fit beside the accumulator without spilling.
+    if EPI_SPLIT:
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        acc0, acc1 = tl.split(halves)
+        offs_n0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue(acc0, pid_m, offs_m, offs_n0, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+        _epilogue(acc1, pid_m, offs_m, offs_n0 + BLOCK_N // 2, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+    else:
+        _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+
+
+@triton.jit
+def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+              HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, DACT: tl.constexpr,
+              BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Finish the (BLOCK_M, width) fp32 tile ``acc`` of C at rows offs_m, columns offs_n; see gemm's flags."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    mask = m_ok[:, None] & n_ok[None, :]
+    offs_m64 = offs_m.to(tl.int64)
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if STORE_PRE:
+        tl.store(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, acc.to(H.dtype.element_ty), mask=mask)
+    if ACT != 0:
+        acc = _activation(acc, ACT)
+    if DACT != 0:
+        h = tl.load(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, mask=mask, other=0.0)
+        acc = acc * _activation_grad(h.to(tl.float32), DACT)
+    if BIAS_GRAD:
+        # The bias gradient is the column sum of this very tile. DBias has one row per 32-row band of C; this
+        # program owns BLOCK_M / 32 of them: it writes its sum in the first and zeros in the rest, so every row
+        # is written by exactly one program whatever BLOCK_M the autotuner picked.
+        RATIO: tl.constexpr = BLOCK_M // 32
+        tile_sum = tl.sum(tl.where(m_ok[:, None], acc, 0.0), axis=0)
+        band = pid_m * RATIO + tl.arange(0, RATIO)
+        part = tl.where(tl.arange(0, RATIO)[:, None] == 0, tile_sum[None, :], 0.0)
+        tl.store(DBias + band.to(tl.int64)[:, None] * N + offs_n[None, :], part,
+                 mask=(band < tl.cdiv(M, 32))[:, None] & n_ok[None, :])
+    tl.store(C + offs_m64[:, None] * s_cm + offs_n[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+
+
+# A column sum: one (BLOCK_R, BLOCK_N) fp32 accumulator per program, walking its share of the rows. The grid
+# splits the rows too (axis 1) so a few columns still fill the GPU; the split's partial rows are summed by a
+# second, smaller call. One config (not autotuned): a bias gradient is a tiny part of an MLP's backward.
+COL_SUM_CONFIGS = [triton.Config({"BLOCK_R": 32, "BLOCK_N": 128}, num_warps=4)]
+
+
+@rt.autotune(COL_SUM_CONFIGS, key=["R", "N"])
+@triton.jit
+def col_sum(X, Out, R, N, s_xr, s_xn, s_or, rows_per_prog, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    start = pid_r * rows_per_prog
+    end = tl.minimum(start + rows_per_prog, R)
+    acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+    for r0 in range(start, end, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < end)[:, None] & col_ok[None, :]
+        acc += tl.load(X + rows.to(tl.int64)[:, None] * s_xr + cols[None, :] * s_xn, mask=mask, other=0.0).to(
+            tl.float32)
+    tl.store(Out + pid_r.to(tl.int64) * s_or + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_ok)
