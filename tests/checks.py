@@ -27,12 +27,23 @@ def as_tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def cast_strided(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` in ``dtype`` with ``a``'s exact strides (``Tensor.to`` makes a view with gaps contiguous, so the
+    kernels would never see it); the gaps of the new storage hold NaN, so a kernel that reads them fails."""
+    if a.numel() == 0:
+        return a.detach().to(dtype)
+    span = 1 + sum((size - 1) * stride for size, stride in zip(a.shape, a.stride()))
+    out = torch.full((span,), float("nan"), dtype=dtype, device=a.device).as_strided(a.shape, a.stride())
+    return out.copy_(a.detach())
+
+
 def cast_case(case: Case, dtype: torch.dtype) -> Case:
-    """The same inputs, float tensors cast to ``dtype`` (leaves that require grad stay leaves)."""
+    """The same inputs, float tensors cast to ``dtype`` with their strides kept (leaves that require grad stay
+    leaves)."""
 
     def cast(a):
         if isinstance(a, torch.Tensor) and a.is_floating_point():
-            return a.detach().to(dtype).requires_grad_(a.requires_grad)
+            return cast_strided(a, dtype).requires_grad_(a.requires_grad)
         return a
 
     return Case(tuple(cast(a) for a in case.args), {k: cast(v) for k, v in case.kwargs.items()})
