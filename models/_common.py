@@ -10,6 +10,7 @@ a multi-GB model is never randomly initialised just to be overwritten.
 from __future__ import annotations
 
 import json
+import operator
 import os
 
 import torch
@@ -35,6 +36,42 @@ def read_config(path) -> dict:
         raise FileNotFoundError(f"no config.json in checkpoint folder {path!r}")
     with open(file) as f:
         return json.load(f)
+
+
+def token_ids(value, name: str) -> list[int]:
+    """An ``eos_token_id`` as HF allows it (None, one int, or a list of ints) as a list of ints ([] for None)."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must be an int, a list of ints, or None, got {value!r}")
+    if any(v < 0 for v in values):
+        raise ValueError(f"{name} must be non-negative token ids, got {value!r}")
+    return list(values)
+
+
+def read_generation_tokens(path, cfg: dict) -> tuple[list[int], int | None]:
+    """``(eos_token_id as a list, pad_token_id)`` as HF's ``generate`` would take them from a checkpoint folder.
+
+    HF reads ``generation_config.json`` when the folder has one (Llama-3-style checkpoints list several eos ids
+    there but one in config.json), so a key set there wins; config.json fills in the keys it lacks.
+    """
+    generation = {}
+    file = os.path.join(os.fspath(path), "generation_config.json")
+    if os.path.isfile(file):
+        with open(file) as f:
+            generation = json.load(f)
+
+    def setting(key):
+        return generation[key] if key in generation else cfg.get(key)
+
+    pad = setting("pad_token_id")
+    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool)):
+        raise TypeError(f"pad_token_id in {file if 'pad_token_id' in generation else 'config.json'} must be an "
+                        f"int or null, got {pad!r}")
+    return token_ids(setting("eos_token_id"), "eos_token_id"), pad
 
 
 def cfg_get(cfg: dict, *keys, default=_REQUIRED):
@@ -72,15 +109,28 @@ def check_activation(name: str, supported: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def load_safetensors(path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's ``model.safetensors``, or of all shards its index lists (on the CPU)."""
+def load_safetensors_file(file: str) -> dict[str, torch.Tensor]:
+    """The tensors of one ``.safetensors`` file; a truncated or corrupt file is an OSError that names it.
+
+    safetensors' own error says only what broke ("incomplete metadata, file not fully covered"), not which file,
+    and a sharded checkpoint has many: an interrupted download is then found by its name.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(file)
+    except SafetensorError as err:
+        raise OSError(f"cannot read {file!r} (truncated or corrupt safetensors file?): {err}") from err
+
+
+def load_safetensors(path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's ``model.safetensors``, or of all shards its index lists (on the CPU)."""
     path = os.fspath(path)
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
-        return load_file(single)
+        return load_safetensors_file(single)
     if os.path.isfile(index):
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
@@ -90,7 +140,7 @@ def load_safetensors(path) -> dict[str, torch.Tensor]:
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"shard {shard!r} listed in model.safetensors.index.json is missing "
                                         f"in {path!r}")
-            tensors.update(load_file(file))
+            tensors.update(load_safetensors_file(file))
         return tensors
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path!r}")
 
@@ -243,16 +293,27 @@ class CausalLM(nn.Module):
     """Base of the four models: ``forward(input_ids, cache=None) -> logits`` and greedy :meth:`generate`.
 
     Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
-    ``window`` (None: the model's own full causal attention).
+    ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
+    [] for none) and ``pad_token_id`` from the checkpoint, which :meth:`generate` uses as HF's would.
     """
 
     max_positions = None
     window = None
+    eos_token_id: list[int] = []  # assigned per model by from_pretrained, never mutated
+    pad_token_id: int | None = None
 
     def check_ids(self, input_ids, cache):
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer tensor (batch, seq), got "
-                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor of token ids (batch, seq), got "
+                            f"{type(input_ids).__name__}")
+        # nn.Embedding indexes with int64 or int32 only; anything else would fail deep inside it
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
+                            f"{input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
         end = input_ids.shape[1] + (cache.length if cache is not None else 0)
         if self.max_positions is not None and end > self.max_positions:
             raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} positions")
@@ -262,16 +323,44 @@ class CausalLM(nn.Module):
         return KVCache(self.n_layers, batch, self.n_kv_heads, max_len, self.head_dim, p.dtype, p.device)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding with a KV cache: the prompt, then ``max_new_tokens`` argmax tokens."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=None,
+                 pad_token_id=None) -> torch.Tensor:
+        """Greedy decoding with a KV cache, token for token HF's ``generate(do_sample=False)``.
+
+        Returns the prompt followed by up to ``max_new_tokens`` argmax tokens. A row that emits one of the
+        ``eos_token_id`` (an int or a list; None: the checkpoint's; []: none) is finished: it keeps its eos and is
+        padded with ``pad_token_id`` (None: the checkpoint's, else the first eos id, as HF falls back) while the
+        other rows go on; decoding stops early once every row has finished. There is no attention mask: a prompt is
+        taken whole, so (unlike HF, which masks a prompt's pad tokens) rows must not be left-padded.
+        """
+        if isinstance(max_new_tokens, bool) or not hasattr(type(max_new_tokens), "__index__"):
+            raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
+        max_new_tokens = operator.index(max_new_tokens)  # numpy / 0-d tensor ints too
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.check_ids(input_ids, None)
+        eos = token_ids(eos_token_id, "eos_token_id") if eos_token_id is not None else self.eos_token_id
+        if pad_token_id is None:
+            pad_token_id = self.pad_token_id
+        elif not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
+            raise TypeError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
+        elif pad_token_id < 0:
+            raise ValueError(f"pad_token_id must be a non-negative token id, got {pad_token_id}")
+        if pad_token_id is None and eos:
+            pad_token_id = eos[0]
+        eos_ids = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
+
         cache = self.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         out = [input_ids]
         step = input_ids  # the prompt in one pass (prefill), then one token per step
         for _ in range(max_new_tokens):
             logits = self(step, cache=cache)
             step = logits[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)
-            out.append(step)
+            # a finished row shows pad, but the model is fed its argmax: always inside the vocabulary (a pad id
+            # need not be), and finished rows' outputs are never read, while the other rows do not see them
+            out.append(torch.where(unfinished[:, None], step, pad_token_id) if eos else step)
+            unfinished &= ~torch.isin(step[:, 0], eos_ids)
+            if not unfinished.any():
+                break
         return torch.cat(out, dim=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -123,8 +124,8 @@ def _old_rope_keys(cfg):
     cfg.update(rope_theta=rope["rope_theta"], partial_rotary_factor=rope["partial_rotary_factor"])
 
 
-def _edit_config(path, edit):
-    file = os.path.join(path, "config.json")
+def _edit_config(path, edit, name="config.json"):
+    file = os.path.join(path, name)
     with open(file) as f:
         cfg = json.load(f)
     edit(cfg)
@@ -176,6 +177,55 @@ def test_generate_matches_hf_greedy(built, name):
     out = model.generate(prompt, max_new_tokens=4)
     assert out.shape == (BATCH, 9) and torch.equal(out[:, :5], prompt)
     assert torch.equal(out, case.greedy(prompt, 4))
+
+
+def _first_index(tokens, token) -> int:
+    """Where ``token`` first occurs in the 1-D ``tokens`` (``len(tokens)`` when it does not)."""
+    hits = (tokens == token).nonzero()
+    return hits[0, 0].item() if len(hits) else len(tokens)
+
+
+@pytest.mark.parametrize("name", ["persimmon", "opt_pre_ln", "gpt2", "olmoe"])
+def test_generate_stops_at_eos_like_hf(built, name, tmp_path):
+    """eos from the checkpoint (one row finishes, is padded, the other goes on) and from the keyword (a list: every
+    row finishes, decoding stops early), each token for token HF's ``generate(do_sample=False)``, padding too."""
+    case = built(name)
+    n_new, prompt = 6, _ids(7, seq=4) % (VOCAB - 3) + 3  # no ids 0..2: HF would mask a pad token in the prompt
+    free = case.greedy(prompt, n_new)[:, 4:]  # the continuation when nothing stops it
+    # eos: a token row 0 emits before row 1 emits it (if ever), so row 0 is padded while row 1 still decodes
+    step = next(j for j in [*range(1, n_new - 1), 0] if _first_index(free[1], free[0, j]) > j)
+    eos = free[0, step].item()
+
+    def hf_generate(eos_token_id):
+        return case.hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                                do_sample=False, eos_token_id=eos_token_id)
+
+    folder = str(tmp_path / "eos")
+    shutil.copytree(case.path, folder)
+    for file in ("config.json", "generation_config.json"):  # HF reads the second when it is there
+        _edit_config(folder, lambda c: c.update(eos_token_id=eos), file)
+    ref = hf_generate(eos)
+    pad = case.hf.generation_config.pad_token_id
+    first_eos = _first_index(free[0], eos)
+    assert ref.shape == (BATCH, 4 + n_new)  # row 1 went on ...
+    assert (ref[0, 4 + first_eos + 1:] == (eos if pad is None else pad)).all()  # ... while row 0 was padded
+    assert torch.equal(models.from_pretrained(folder).generate(prompt, n_new), ref)
+
+    both = [free[0, 1].item(), free[1, 2].item()]  # each row hits one of them by its third token
+    ref = hf_generate(both)
+    assert ref.shape[1] <= 4 + 3  # HF stopped early
+    assert torch.equal(models.from_pretrained(case.path).generate(prompt, n_new, eos_token_id=both), ref)
+
+
+def test_generation_tokens_prefer_generation_config(tmp_path):
+    """HF's generate reads generation_config.json when the folder has one; config.json fills in what it lacks."""
+    from models._common import read_generation_tokens
+
+    cfg = {"eos_token_id": 2, "pad_token_id": 1}
+    assert read_generation_tokens(tmp_path, cfg) == ([2], 1)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+    assert read_generation_tokens(tmp_path, cfg) == ([7, 9], 1)
+    assert read_generation_tokens(tmp_path, {}) == ([7, 9], None)
 
 
 @pytest.mark.parametrize("name,window", [("gpt2", 3), ("persimmon", 4), ("olmoe", 5)])
@@ -319,6 +369,74 @@ def test_bad_arguments(built):
         model(torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="positions"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bad_generate_arguments(built):
+    model = models.from_pretrained(built("opt_pre_ln").path)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        model.generate(torch.zeros(0, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="input_ids must be 2-D"):
+        model.generate(torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="input_ids must be 2-D"):
+        model.generate(torch.zeros(1, 2, 3, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="input_ids must hold integer"):
+        model.generate(torch.zeros(1, 3), 2)
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
+        model.generate([[1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        model.generate(prompt, -1)
+    for bad in (2.0, "2", True, None):
+        with pytest.raises(TypeError, match="max_new_tokens must be an int"):
+            model.generate(prompt, bad)
+    with pytest.raises(TypeError, match="eos_token_id"):
+        model.generate(prompt, 2, eos_token_id="2")
+    with pytest.raises(ValueError, match="eos_token_id"):
+        model.generate(prompt, 2, eos_token_id=[3, -1])
+    with pytest.raises(TypeError, match="pad_token_id"):
+        model.generate(prompt, 2, pad_token_id=1.0)
+
+
+def test_truncated_safetensors_names_the_file(built, tmp_path):
+    for name, file in (("opt_pre_ln", "model.safetensors"), ("gpt2", "model-00002-of-")):
+        folder = tmp_path / name
+        shutil.copytree(built(name).path, folder)
+        path = next(folder / f for f in sorted(os.listdir(folder)) if f.startswith(file))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # an interrupted download
+        with pytest.raises(OSError, match=re.escape(str(path))):
+            models.from_pretrained(folder)
+
+
+def test_cuda_device_without_cuda_is_one_clear_error(built, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # refused before any weights are read
+    monkeypatch.setattr(models, "load_safetensors", lambda path: pytest.fail("weights were read"))
+    path = built("opt_pre_ln").path
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ValueError, match=r"torch\.cuda\.is_available\(\) is False on this machine"):
+            models.from_pretrained(path, device=device)
+    with pytest.raises(ValueError, match="device='gpu' is not a torch device"):
+        models.from_pretrained(path, device="gpu")
+
+
+def test_bfloat16_refused_under_the_interpreter(built, tmp_path, monkeypatch):
+    """The interpreter's tl.dot reads bf16 bits as integers: a bf16 model there must be refused at load time."""
+    import kernels._runtime
+
+    monkeypatch.setattr(kernels._runtime, "INTERPRET", True)  # what a machine without a GPU has
+    path = built("opt_pre_ln").path
+    with pytest.raises(TypeError, match=r"bfloat16.*Triton interpreter.*dtype=torch\.float32"):
+        models.from_pretrained(path, dtype=torch.bfloat16)
+    bf16 = str(tmp_path / "bf16")
+    shutil.copytree(path, bf16)
+    _rewrite(bf16, lambda t: {k: v.to(torch.bfloat16) for k, v in t.items()})
+    with pytest.raises(TypeError, match=r"bfloat16.*Triton interpreter.*dtype=torch\.float32"):
+        models.from_pretrained(bf16)
+    model = models.from_pretrained(bf16, dtype=torch.float32)  # the suggested way out works
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_loading_needs_no_transformers():
