@@ -5,7 +5,7 @@ Importing this package picks the backend: compiled kernels on a CUDA GPU, the Tr
 """
 
 from ._runtime import INTERPRET, backend, force_config  # noqa: F401  (first: sets TRITON_INTERPRET)
-from .attention import attention  # noqa: F401
+from .ops.attention import attention  # noqa: F401
 from .ops.layer_norm import layer_norm, rms_norm  # noqa: F401
 from .ops.mlp import mlp, squared_relu_mlp  # noqa: F401
 from .moe import moe  # noqa: F401

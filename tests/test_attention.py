@@ -6,7 +6,6 @@ real models use, strides the generated cases lose in their dtype casts, numerica
 messages. Sizes are small: everything runs under the interpreter.
 """
 
-import importlib
 import math
 import subprocess
 import sys
@@ -17,10 +16,13 @@ import torch
 
 from kernels import _runtime as rt
 from kernels import force_config
+from kernels.ops.attention.api import SPLIT_ALIGN, _Attention, _split_plan, attention
+from kernels.ops.attention.kernel import MAX_BLOCK, attn_fwd
+from kernels.ops.attention.kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
+from kernels.ops.attention.reference import attention_reference, visible_mask
+from kernels.ops.attention.spec import ATTENTION, _sdpa_peer, visible_pairs
 from tests.checks import rel_err
 
-A = importlib.import_module("kernels.attention")  # the module (kernels.attention is the function)
-attention, attention_reference = A.attention, A.attention_reference
 DEV = rt.DEVICE
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 
@@ -71,7 +73,7 @@ def test_mask_is_transformers_sliding_window(q_len, kv_len, window):
     pos = torch.arange(q_len)[:, None] + (kv_len - q_len)  # HF's q_idx is the absolute (cache) position
     kv = torch.arange(kv_len)[None, :]
     hf = fn(torch.tensor(0), torch.tensor(0), pos, kv).expand(q_len, kv_len)
-    assert torch.equal(A._mask(q_len, kv_len, True, window, "cpu"), hf)
+    assert torch.equal(visible_mask(q_len, kv_len, True, window, "cpu"), hf)
     # W keys per row (fewer only at the start of the sequence)
     if window is not None:
         assert int(hf.sum(1).max()) == min(window, kv_len)
@@ -81,7 +83,7 @@ def test_mask_is_transformers_sliding_window(q_len, kv_len, window):
 def test_window_against_explicit_mask(window):
     q, k, v = _qkv(1, 2, 1, 20, 45, 16)
     out = attention(q, k, v, window=window)
-    mask = A._mask(20, 45, True, window, DEV)
+    mask = visible_mask(20, 45, True, window, DEV)
     scores = (q.double() @ k.double().transpose(-1, -2)) / 4.0
     ref = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v.double()
     assert rel_err(out, ref) < 1e-5
@@ -105,8 +107,8 @@ def test_scale_argument():
 
 @pytest.mark.parametrize("q_len,kv_len,window", [(7, 7, None), (1, 9, 3), (3, 20, 5), (4, 4, 8), (11, 30, None)])
 def test_visible_pairs_counts_the_mask(q_len, kv_len, window):
-    assert A.visible_pairs(q_len, kv_len, True, window) == int(A._mask(q_len, kv_len, True, window, "cpu").sum())
-    assert A.visible_pairs(q_len, kv_len, False) == q_len * kv_len
+    assert visible_pairs(q_len, kv_len, True, window) == int(visible_mask(q_len, kv_len, True, window, "cpu").sum())
+    assert visible_pairs(q_len, kv_len, False) == q_len * kv_len
 
 
 # ------------------------------------------------------------------------------------------------ GQA
@@ -139,20 +141,20 @@ def test_gqa_gradients_sum_over_the_group(hq, hk, window):
 def test_decode_row_against_long_cache(window):
     """q_len = 1 against 700 cached keys, forward and backward, with the split-KV path forced on and off."""
     q, k, v = _qkv(1, 4, 2, 1, 700, 32, requires_grad=True)
-    whole = A._Attention.apply(q, k, v, True, window, 32**-0.5, 1)
+    whole = _Attention.apply(q, k, v, True, window, 32**-0.5, 1)
     ref, _ = _ref64(q, k, v, window=window)
     assert rel_err(whole, ref) < 1e-5
     for splits in (2, 5):  # some chunks of a windowed row are empty: the combine must weigh them 0
-        split = A._Attention.apply(q, k, v, True, window, 32**-0.5, splits)
+        split = _Attention.apply(q, k, v, True, window, 32**-0.5, splits)
         assert rel_err(split, whole) < 1e-6, splits
     _check_fwd_bwd(q, k, v, window=window)  # the automatic plan (it splits here: 8 programs < 2 waves)
 
 
 def test_split_plan_covers_every_key():
     for q_len, kv_len, window in [(1, 700, None), (1, 700, 100), (16, 5000, 1000), (3, 300, 1)]:
-        splits, split_len = A._split_plan(1, 1, q_len, kv_len, window, None)
-        assert split_len % A.SPLIT_ALIGN == 0 or splits == 1
-        span = kv_len if window is None else min(kv_len, window + min(q_len, A.MAX_BLOCK) + A.MAX_BLOCK)
+        splits, split_len = _split_plan(1, 1, q_len, kv_len, window, None)
+        assert split_len % SPLIT_ALIGN == 0 or splits == 1
+        span = kv_len if window is None else min(kv_len, window + min(q_len, MAX_BLOCK) + MAX_BLOCK)
         assert splits * split_len >= span
 
 
@@ -178,7 +180,7 @@ def test_head_dims(d):
 # ------------------------------------------------------------------------------------------------ tiles
 
 
-@pytest.mark.parametrize("kernel,index", [(A._attn_fwd, 3), (A._attn_bwd_dkdv, 3), (A._attn_bwd_dq, 3)])
+@pytest.mark.parametrize("kernel,index", [(attn_fwd, 3), (attn_bwd_dkdv, 3), (attn_bwd_dq, 3)])
 def test_small_tiles_cross_every_edge(kernel, index):
     """Small tiles on a long window: masked window edge, unmasked interior and masked diagonal all occur,
     with GQA, a q_len that is not a multiple of any tile, and a kv_len offset."""
@@ -192,7 +194,7 @@ def test_small_tiles_cross_every_edge(kernel, index):
 
 
 def _key_ranges(start_m, M, N, W, bm, bn):
-    """The host-side twin of _key_range, for the test above."""
+    """The host-side twin of kernel.key_range, for the test above."""
     offset = N - M
     p_first, p_last = offset + start_m, offset + min(start_m + bm, M) - 1
     lo = max(p_first - W + 1, 0) // bn * bn
@@ -267,18 +269,18 @@ def test_bad_shapes_name_the_argument():
 
 
 def test_sweep_cases_and_peers():
-    spec = A.ATTENTION
+    spec = ATTENTION
     cases = spec.sweep_cases(False)
     assert all("seqlen" in c for c in cases)
     for dims in cases[:2] + cases[-1:]:
         case = spec.make_case(dims, torch.float32, DEV, requires_grad=True)
         ours = spec.fn(*case.args, **case.kwargs)
-        sdpa = A._sdpa_peer()(*case.args, **case.kwargs)
+        sdpa = _sdpa_peer()(*case.args, **case.kwargs)
         assert rel_err(ours, sdpa) < 1e-5
         assert spec.flops(dims, "bwd") == 2.5 * spec.flops(dims, "fwd")
     # the sdpa peer's explicit mask: bottom-right diagonal with q_len < kv_len, GQA
     q, k, v = _qkv(1, 4, 2, 6, 17, 8)
-    assert rel_err(A._sdpa_peer()(q, k, v, window=5), _ref64(q, k, v, window=5)[0]) < 1e-5
+    assert rel_err(_sdpa_peer()(q, k, v, window=5), _ref64(q, k, v, window=5)[0]) < 1e-5
     for gpu in (True, False):  # panel params must not vary with seqlen
         params = {tuple(sorted((k_, str(v_)) for k_, v_ in c.items() if k_ != "seqlen")) for c in spec.sweep_cases(gpu)}
         assert len(params) * len({c["seqlen"] for c in spec.sweep_cases(gpu)}) == len(spec.sweep_cases(gpu))
@@ -292,14 +294,15 @@ def test_split_kv_path_compiles_for_h100():
     """tests/compile_check.py compiles config_dims (q_len 150: never split): compile the split-KV forward and
     its combine kernel too, in bf16 and fp32."""
     code = (
-        "import tests.compile_check, torch, importlib\n"
-        "A = importlib.import_module('kernels.attention')\n"
+        "import tests.compile_check, torch\n"
+        "from kernels import _runtime as rt\n"
+        "from kernels.ops.attention.api import _Attention\n"
         "for dt in (torch.bfloat16, torch.float32):\n"
         "    q = torch.randn(1, 2, 1, 80, dtype=dt)\n"
         "    k = torch.randn(1, 1, 1000, 80, dtype=dt)\n"
-        "    A._Attention.apply(q, k, k, True, 300, 0.1, 4)\n"
-        "print('ok', A.rt.compiled)\n"
+        "    _Attention.apply(q, k, k, True, 300, 0.1, 4)\n"
+        "print('ok', rt.compiled)\n"
     )
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "_attn_combine" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0 and "'attn_combine'" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,0 +1,7 @@
+"""Causal attention with an optional sliding window and grouped-query heads (FlashAttention-2 style), forward and
+backward. Read ``api.py``, then ``kernel.py``, ``reference.py``, ``spec.py`` (see ``kernels/ops/__init__.py``).
+
+The Triton kernels are split by pass, as FLA does: ``kernel.py`` holds the masks they share, the forward and the
+split-KV combine; ``kernel_bwd.py`` the backward (delta, dK/dV, dQ). Read it after ``kernel.py``."""
+
+from .api import attention  # noqa: F401
