@@ -3,33 +3,78 @@
 import argparse
 from pathlib import Path
 
-from sweeps.runner import DTYPES, all_specs, default_out, run
+from kernels import _runtime as rt
+from sweeps.runner import DTYPES, NothingToRun, all_specs, default_out, providers, run
+
+SEQLEN_HELP = """\
+sequence lengths (--max-seqlen N):
+  on a GPU, each op's own list, less the cases longer than N.
+  without a GPU the lists are tiny, since the interpreter is slow; an N beyond one extends it, each panel's
+  longest seqlen doubled while it is <= N, at the same tiny shapes (e.g. layer_norm 8, 16, 32 -> 8 .. 256 with
+  --max-seqlen 256). The GPU shapes are not used there: they would take hours under the interpreter."""
+
+
+def _epilog(specs: dict) -> str:
+    lines = ["providers per op (eager always runs: speedups are over it; without a GPU, compile runs only "
+             "when named in --providers):"]
+    lines += [f"  {name}: {', '.join(providers(spec, None))}" for name, spec in specs.items()]
+    return "\n".join(lines) + "\n\n" + SEQLEN_HELP
+
+
+def _union(lists) -> list[str]:
+    """The names of all lists, each once, in first-seen order."""
+    return list(dict.fromkeys(name for names in lists for name in names))
 
 
 def main(argv=None):
     specs = all_specs()
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Time ops against their peers.")
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Time ops against their peers.",
+                                     epilog=_epilog(specs), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ops", nargs="+", help=f"'all' or any of: {', '.join(specs)}")
     parser.add_argument("--out", type=Path, help="CSV to append to (and resume from); default out/<op>-<backend>.csv")
-    parser.add_argument("--dtypes", help="comma-separated, of fp32, fp16, bf16 (default: the op's; fp32 on CPU)")
+    parser.add_argument("--dtypes", help="comma-separated, of fp32, fp16, bf16 (default: the op's; fp32 on CPU; "
+                                         "bf16 needs a GPU)")
     parser.add_argument("--modes", help="comma-separated, of fwd, bwd, fwd+bwd (default: all the op has)")
-    parser.add_argument("--providers", help="comma-separated provider names (default: all; eager always runs)")
-    parser.add_argument("--max-seqlen", type=int, help="skip cases with a longer sequence")
+    parser.add_argument("--providers", help="comma-separated provider names, listed per op below (default: all; "
+                                            "eager always runs)")
+    parser.add_argument("--max-seqlen", type=int, help="skip cases with a longer sequence; without a GPU, also "
+                                                       "extend the tiny case lists up to it (see below)")
     args = parser.parse_args(argv)
 
     names = list(specs) if args.ops == ["all"] else args.ops
     unknown = [n for n in names if n not in specs]
     if unknown:
         parser.error(f"unknown op(s) {', '.join(unknown)}; choose from: all, {', '.join(specs)}")
+    chosen = [specs[n] for n in names]
     dtypes = None
     if args.dtypes:
         bad = [d for d in args.dtypes.split(",") if d not in DTYPES]
         if bad:
             parser.error(f"--dtypes: unknown {bad}; choose from {list(DTYPES)}")
+        if "bf16" in args.dtypes.split(",") and rt.INTERPRET:
+            # The interpreter's tl.dot reads bfloat16 bits as integers: the results would be garbage, not slow.
+            parser.error("--dtypes bf16: bfloat16 cannot run correctly under the Triton interpreter (its tl.dot "
+                         "treats bf16 bits as integers); use fp32 or fp16 on the CPU, or run on a GPU")
         dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
+    modes = args.modes.split(",") if args.modes else None
+    if modes:
+        valid = _union(spec.modes for spec in chosen)
+        bad = [m for m in modes if m not in valid]
+        if bad:
+            parser.error(f"--modes: {', '.join(map(repr, bad))} is not a mode of {', '.join(names)}; "
+                         f"choose from {', '.join(valid)}")
+    wanted = args.providers.split(",") if args.providers else None
+    if wanted:
+        valid = _union(providers(spec, None) for spec in chosen)
+        bad = [p for p in wanted if p not in valid]
+        if bad:
+            parser.error(f"--providers: {', '.join(map(repr, bad))} is not a provider of {', '.join(names)}; "
+                         f"choose from {', '.join(valid)}")
     out = args.out or default_out("all" if args.ops == ["all"] else "-".join(names))
-    run([specs[n] for n in names], out, dtypes=dtypes, modes=args.modes.split(",") if args.modes else None,
-        wanted_providers=args.providers.split(",") if args.providers else None, max_seqlen=args.max_seqlen)
+    try:
+        run(chosen, out, dtypes=dtypes, modes=modes, wanted_providers=wanted, max_seqlen=args.max_seqlen)
+    except NothingToRun as e:
+        parser.exit(2, f"{parser.prog}: error: {e}; nothing written\n")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,17 @@
 For each op (its ``OpSpec``), each dims from ``spec.sweep_cases(gpu)``, each dtype and mode, one set of inputs
 is made and every provider is timed on it: ``ours`` (the Triton op), ``eager`` (the PyTorch reference),
 ``compile`` (``torch.compile`` of the reference) and the op's own peers. ``speedup`` is eager's time over the
-provider's, from the same run. Rows are appended as they finish; a rerun with the same CSV skips what is there
-(resume), and a case that fails or runs out of memory becomes a row with its ``error``.
+provider's, from the same run. Rows are appended as they finish; a rerun with the same CSV skips the rows that
+finished (resume), and a case that fails or runs out of memory becomes a row with its ``error``, which the next run
+retries (its new row replaces the error row).
 
 Timing is ``triton.testing.do_bench`` (median, 20th and 80th percentile) on a GPU. Under the interpreter there is
 no device to time; a wall-clock median stands in, and every row says ``device=interpreter``: those numbers say
-how long the interpreter took, nothing about the kernels' speed.
+how long the interpreter took, nothing about the kernels' speed. ``bwd`` times the backward alone, each
+repetition on a graph from a fresh forward run outside the timed region (see :func:`_timed_fn`).
+
+Sizes: on a GPU, ``spec.sweep_cases(True)``, ``max_seqlen`` dropping the longer ones. On the CPU the op's own list
+is tiny; a ``max_seqlen`` beyond it extends it (see :func:`sweep_cases`).
 """
 
 from __future__ import annotations
@@ -42,18 +47,63 @@ DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-def bench(fn) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds of ``fn()``."""
-    if not rt.INTERPRET:
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    fn()  # warm-up
-    times, deadline = [], time.perf_counter() + 1.0
-    while len(times) < 3 or (len(times) < 10 and time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+def _summary(times: list[float]) -> tuple[float, float, float]:
+    """(median, p20, p80), interpolated linearly as do_bench's quantiles are."""
     q = statistics.quantiles(times, n=10, method="inclusive")
     return statistics.median(times), q[1], q[7]
+
+
+def bench(fn, setup=None) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of ``fn()``; with ``setup``, of ``fn(setup())``, where ``setup`` runs before
+    every call and outside the timing (it makes what a call consumes, e.g. the graph a backward frees)."""
+    if not rt.INTERPRET:
+        if setup is None:
+            return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+        return _do_bench_with_setup(fn, setup)
+    work = fn if setup is not None else (lambda _: fn())
+    setup = setup or (lambda: None)
+    work(setup())  # warm-up
+    times, deadline = [], time.perf_counter() + 1.0
+    while len(times) < 3 or (len(times) < 10 and time.perf_counter() < deadline):
+        arg = setup()
+        start = time.perf_counter()
+        work(arg)
+        times.append((time.perf_counter() - start) * 1e3)
+        del arg  # the graph a backward walked goes before the next forward builds one
+    return _summary(times)
+
+
+def _do_bench_with_setup(fn, setup, warmup_ms=25, rep_ms=100) -> tuple[float, float, float]:
+    """``triton.testing.do_bench``'s method for ``fn(setup())``: do_bench has no per-call setup, so its loop is
+    written out here. As there, L2 is flushed before each call and CUDA events bracket the call alone; ``setup``'s
+    kernels are queued before the start event, so the GPU has finished them when that event's time is taken and
+    they are not in the measurement."""
+    driver = triton.runtime.driver.active
+    device = driver.get_device_interface()
+    cache = driver.get_empty_cache_for_benchmark()
+
+    def once(events=None):
+        arg = setup()
+        driver.clear_cache(cache)
+        if events:
+            events[0].record()
+        fn(arg)
+        if events:
+            events[1].record()
+
+    def timed_calls(n):
+        events = [(device.Event(enable_timing=True), device.Event(enable_timing=True)) for _ in range(n)]
+        for pair in events:
+            once(pair)
+        device.synchronize()
+        return [start.elapsed_time(end) for start, end in events]
+
+    once()
+    device.synchronize()
+    estimate_ms = max(statistics.mean(timed_calls(5)), 1e-4)
+    for _ in range(max(1, int(warmup_ms / estimate_ms))):
+        once()
+    return _summary(timed_calls(max(1, int(rep_ms / estimate_ms))))
 
 
 def measure_device() -> dict:
@@ -100,7 +150,16 @@ def providers(spec: OpSpec, wanted: list[str] | None) -> dict:
 
 
 def _timed_fn(fn, case: Case, mode: str):
-    """A no-argument callable doing ``mode``'s work once."""
+    """(setup, work): ``work()`` (when setup is None) or ``work(setup())`` does ``mode``'s work once; only ``work``
+    is timed.
+
+    ``bwd`` times the backward alone, and each backward needs a graph of its own: a graph walked once with
+    ``retain_graph=True`` and reused would be the cheaper measurement, but torch.compile's backward donates (frees)
+    the buffers its graph saved, so it refuses a retained graph. ``setup`` is therefore a fresh forward per
+    repetition, run outside the timed region, so the number is the backward's alone (as in tritonbench's bwd
+    mode). Timing ``fwd+bwd`` and subtracting ``fwd`` would also leave the forward out, with the noise of two
+    measurements in the difference.
+    """
     inputs = case.grad_inputs()
 
     def forward():
@@ -109,13 +168,11 @@ def _timed_fn(fn, case: Case, mode: str):
         return [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
 
     if mode == "fwd":
-        return lambda: fn(*case.args, **case.kwargs)
-    outs = forward()
-    cotangents = [torch.randn_like(o) for o in outs]
+        return None, lambda: fn(*case.args, **case.kwargs)
+    cotangents = [torch.randn_like(o) for o in forward()]
     if mode == "fwd+bwd":
-        return lambda: torch.autograd.grad(forward(), inputs, cotangents)
-    # "bwd": the forward's graph is kept and reused
-    return lambda: torch.autograd.grad(outs, inputs, cotangents, retain_graph=True)
+        return None, lambda: torch.autograd.grad(forward(), inputs, cotangents)
+    return forward, lambda outs: torch.autograd.grad(outs, inputs, cotangents)
 
 
 def _config_of(spec: OpSpec) -> str:
@@ -126,11 +183,34 @@ def _config_of(spec: OpSpec) -> str:
 # ------------------------------------------------------------------------------------------------ the sweep
 
 
+def sweep_cases(spec: OpSpec, *, gpu: bool, max_seqlen=None) -> list[dict]:
+    """The dims one op is swept over: ``spec.sweep_cases(gpu)`` without the cases longer than ``max_seqlen``.
+
+    On the CPU, a ``max_seqlen`` beyond the op's (tiny) list also extends it: each panel (the dims besides
+    seqlen) gets its longest seqlen doubled until ``max_seqlen``, at the CPU shapes. The GPU's shapes would not do:
+    they start at 512 tokens of hidden 1024 and up, hours under the interpreter; and keeping the panel keeps the
+    added points on the same plot lines as the default ones.
+    """
+    base = spec.sweep_cases(gpu)
+    last_of_panel = {params_of(dims): i for i, dims in enumerate(base)}
+    cases = []
+    for i, dims in enumerate(base):
+        if max_seqlen is None or dims["seqlen"] <= max_seqlen:
+            cases.append(dims)
+        if gpu or max_seqlen is None or last_of_panel[params_of(dims)] != i:
+            continue
+        seqlen = 2 * max(d["seqlen"] for d in base if params_of(d) == params_of(dims))
+        while seqlen <= max_seqlen:
+            cases.append({**dims, "seqlen": seqlen})
+            seqlen *= 2
+    return cases
+
+
 def plan(spec: OpSpec, *, gpu: bool, dtypes=None, modes=None, max_seqlen=None):
     """The (dims, dtype, mode) cases of one op, in sweep order."""
     dtypes = dtypes or (list(spec.sweep_dtypes) if gpu else [torch.float32])
     modes = [m for m in (modes or spec.modes) if m in spec.modes]
-    cases = [d for d in spec.sweep_cases(gpu) if max_seqlen is None or d["seqlen"] <= max_seqlen]
+    cases = sweep_cases(spec, gpu=gpu, max_seqlen=max_seqlen)
     return [(dims, dtype, mode) for dims in cases for dtype in dtypes for mode in modes]
 
 
@@ -138,39 +218,76 @@ def params_of(dims: dict) -> str:
     return json.dumps({k: v for k, v in dims.items() if k != "seqlen"}, sort_keys=True)
 
 
+class NothingToRun(ValueError):
+    """The selection (ops, modes, dtypes, providers, max_seqlen) leaves no case to measure."""
+
+
+def _append_row(out: Path, row: dict, replaces_error_row: bool) -> None:
+    """Append one row; when it retries a failed case, the failed case's row goes, so each key stays unique.
+
+    The retry is written before the error row is dropped, and the file is replaced in one rename: an interrupted
+    run leaves either the old error row or the new row, never neither.
+    """
+    new = pd.DataFrame([row], columns=COLUMNS)
+    if not replaces_error_row:
+        new.to_csv(out, mode="a", header=not out.exists() or not out.stat().st_size, index=False)
+        return
+    # As text, so that the rows kept are written back exactly as they were read.
+    old = pd.read_csv(out, dtype=str, keep_default_na=False)
+    key = [str(row[k]) for k in KEY]
+    kept = old[~(old[KEY] == key).all(axis=1)]
+    tmp = out.with_name(out.name + ".tmp")
+    kept.to_csv(tmp, index=False)
+    new.to_csv(tmp, mode="a", header=False, index=False)
+    os.replace(tmp, out)
+
+
 def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_providers=None, max_seqlen=None):
     gpu = not rt.INTERPRET
-    if not gpu:
-        print("No GPU: the kernels run under the Triton interpreter on the CPU, at tiny sizes. "
-              "These timings measure the interpreter, NOT kernel performance.", flush=True)
-    if wanted_providers is None and not gpu:
+    skip_compile = wanted_providers is None and not gpu
+    if skip_compile:
         wanted_providers = ["eager", "ours"] + [p for s in specs for p in s.peers]  # compiling on a CPU: minutes
-        print("(torch.compile providers are skipped under the interpreter; name them with --providers to add them.)")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done, eager_ms = set(), {}
-    if out.exists() and out.stat().st_size:
-        prev = pd.read_csv(out, dtype={"params": str})
-        for row in prev.itertuples(index=False):
-            done.add((row.op, row.provider, row.mode, row.dtype, int(row.seqlen), row.params))
-            if row.provider == "eager" and pd.notna(row.ms):
-                eager_ms[(row.op, row.mode, row.dtype, int(row.seqlen), row.params)] = row.ms
-        print(f"resuming: {len(done)} rows already in {out}")
-
-    ceilings = measure_device()
-    device = rt.backend()
-    fixed = {"device": device, "torch": torch.__version__, "triton": triton.__version__, "commit": commit(), **ceilings}
-    print(f"device: {device}; copy {ceilings['copy_gbps']:.0f} GB/s, matmul {ceilings['matmul_tflops']:.1f} TFLOP/s")
 
     work = []
     for spec in specs:
         provs = providers(spec, wanted_providers)
         for dims, dtype, mode in plan(spec, gpu=gpu, dtypes=dtypes, modes=modes, max_seqlen=max_seqlen):
             work.append((spec, provs, dims, dtype, mode))
+    if not work:
+        limits = ([f"mode {' or '.join(modes)}"] if modes else []) + (
+            [f"seqlen <= {max_seqlen}"] if max_seqlen is not None else [])
+        raise NothingToRun(f"nothing to run: no case of {', '.join(s.name for s in specs)} has "
+                           f"{' and '.join(limits) or 'this selection'}")
+    if not gpu:
+        print("No GPU: the kernels run under the Triton interpreter on the CPU, at tiny sizes. "
+              "These timings measure the interpreter, NOT kernel performance.", flush=True)
+    if skip_compile:
+        print("(torch.compile providers are skipped under the interpreter; name them with --providers to add them.)")
+
+    # done: the rows that finished, skipped on resume. failed: rows with an error, run again; the retry's row
+    # replaces the error row.
+    done, failed, eager_ms = set(), set(), {}
+    if out.exists() and out.stat().st_size:
+        prev = pd.read_csv(out, dtype={"params": str})
+        for row in prev.itertuples(index=False):
+            key = (row.op, row.provider, row.mode, row.dtype, int(row.seqlen), row.params)
+            (failed if isinstance(row.error, str) and row.error else done).add(key)
+            if row.provider == "eager" and pd.notna(row.ms):
+                eager_ms[(row.op, row.mode, row.dtype, int(row.seqlen), row.params)] = row.ms
+        print(f"resuming: {len(done)} finished rows in {out}"
+              + (f"; {len(failed)} failed ones are retried where selected" if failed else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    ceilings = measure_device()
+    device = rt.backend()
+    fixed = {"device": device, "torch": torch.__version__, "triton": triton.__version__, "commit": commit(), **ceilings}
+    print(f"device: {device}; copy {ceilings['copy_gbps']:.0f} GB/s, matmul {ceilings['matmul_tflops']:.1f} TFLOP/s")
+
     total = sum(len(w[1]) for w in work)
     bar = tqdm(total=total, desc="sweep", unit="run")
     factories_made: dict = {}
     unavailable: list[str] = []
+    written = 0
     for spec, provs, dims, dtype, mode in work:
         dname, params, seqlen = DTYPE_NAMES[dtype], params_of(dims), dims["seqlen"]
         todo = [p for p in provs if (spec.name, p, mode, dname, seqlen, params) not in done]
@@ -205,9 +322,9 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
-                timed = _timed_fn(fn, case, mode)
-                timed()  # warm-up outside the timing (compilation, autotuning)
-                ms, p20, p80 = bench(timed)
+                setup, timed = _timed_fn(fn, case, mode)
+                timed() if setup is None else timed(setup())  # warm-up outside the timing (compilation, tuning)
+                ms, p20, p80 = bench(timed, setup)
                 flops, nbytes = spec.flops(dims, mode), spec.bytes_moved(dims, dtype, mode)
                 roof_ms = max(flops / (ceilings["matmul_tflops"] * 1e9), nbytes / (ceilings["copy_gbps"] * 1e6))
                 row.update(ms=ms, ms_p20=p20, ms_p80=p80, tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6,
@@ -223,14 +340,19 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             row["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists() or
-                                                        not out.stat().st_size, index=False)
+            row_key = (spec.name, provider, mode, dname, seqlen, params)
+            _append_row(out, row, replaces_error_row=row_key in failed)
+            failed.discard(row_key)
+            written += 1
             bar.update(1)
         del case
     bar.close()
     if unavailable:
         print("not available here, skipped: " + ", ".join(unavailable))
-    print(f"wrote {out}" + ("" if gpu else "  (interpreter timings: not performance)"))
+    if written:
+        print(f"wrote {out} ({written} rows)" + ("" if gpu else "  (interpreter timings: not performance)"))
+    else:
+        print(f"nothing new: every selected row is already in {out}")
     return out
 
 

@@ -1,12 +1,16 @@
-"""The sweep appends, resumes without losing or repeating rows, records failures, and plots."""
+"""The sweep appends, resumes without losing or repeating rows, records failures and retries them, and plots;
+the command line refuses what it cannot run."""
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import plots.__main__ as plots_main
-from kernels import OPS
+from kernels import OPS, _runtime
 from sweeps import runner
 from sweeps.runner import KEY
 
@@ -72,3 +76,119 @@ def test_plot_writes_both_figures(tmp_path, spec):
     plots_main.main([str(out), "--out", str(tmp_path / "p.png")])
     assert (tmp_path / "p.png").stat().st_size > 10_000
     assert (tmp_path / "p_roofline.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------ retrying failures
+
+
+def test_failed_rows_are_retried_on_resume(tmp_path, spec, capsys):
+    out = tmp_path / "retry.csv"
+
+    def broken(*args, **kwargs):
+        raise MemoryError("pretend out of memory")
+
+    runner.run([dataclasses.replace(spec, fn=broken)], out, modes=["fwd"], max_seqlen=16)
+    first = pd.read_csv(out, dtype={"params": str})
+    first_text = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert first.loc[first["provider"] == "ours", "error"].str.contains("MemoryError").all()
+    assert first.loc[first["provider"] == "eager", "error"].isna().all()
+
+    runner.run([spec], out, modes=["fwd"], max_seqlen=16)  # the op works now: its failed rows are run again
+    retried = pd.read_csv(out, dtype={"params": str})
+    assert not retried.duplicated(KEY).any()
+    assert sorted(map(tuple, retried[KEY].values.tolist())) == sorted(map(tuple, first[KEY].values.tolist()))
+    assert retried["error"].isna().all(), retried["error"].dropna().tolist()
+    ours = retried[retried["provider"] == "ours"]
+    assert ours["ms"].notna().all() and ours["speedup"].notna().all()
+    # the rows that had finished are kept as they were, to the character, not measured again
+    retried_text = pd.read_csv(out, dtype=str, keep_default_na=False)
+    eager_before = first_text[first_text["provider"] == "eager"].reset_index(drop=True)
+    eager_after = retried_text[retried_text["provider"] == "eager"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(eager_after, eager_before)
+
+    capsys.readouterr()
+    runner.run([spec], out, modes=["fwd"], max_seqlen=16)  # everything finished: nothing to add
+    printed = capsys.readouterr().out
+    assert "wrote" not in printed and "nothing new" in printed
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"params": str}), retried)
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("selection, names_the_valid_ones", [
+    (["--modes", "forward"], "choose from fwd, bwd, fwd+bwd"),
+    (["--providers", "ourz"], "choose from eager, ours, compile"),
+])
+def test_cli_unknown_mode_or_provider_is_an_error(tmp_path, selection, names_the_valid_ones):
+    out = tmp_path / "m.csv"
+    result = sweep_cli("layer_norm", *selection, "--out", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert names_the_valid_ones in result.stderr
+    assert "wrote" not in result.stdout and not out.exists()
+
+
+def test_cli_selection_without_cases_fails(tmp_path):
+    out = tmp_path / "m.csv"
+    result = sweep_cli("layer_norm", "--max-seqlen", "4", "--out", str(out))
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "nothing to run" in result.stderr
+    assert "wrote" not in result.stdout and not out.exists()
+
+
+def test_cli_max_seqlen_extends_the_cpu_cases(tmp_path):
+    out = tmp_path / "long.csv"
+    result = sweep_cli("layer_norm", "--modes", "fwd", "--providers", "ours", "--max-seqlen", "64", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"wrote {out}" in result.stdout
+    df = pd.read_csv(out, dtype={"params": str})
+    cpu_seqlens = [d["seqlen"] for d in OPS["layer_norm"].sweep_cases(False)]
+    assert max(cpu_seqlens) < 64  # else this test shows nothing
+    assert sorted(set(df["seqlen"])) == sorted(set(cpu_seqlens) | {64})
+    assert set(df["params"]) == {runner.params_of(d) for d in OPS["layer_norm"].sweep_cases(False)}  # same panels
+    assert df["error"].isna().all(), df["error"].dropna().tolist()
+
+
+def test_max_seqlen_only_filters_the_gpu_cases(spec):
+    gpu_cases = spec.sweep_cases(True)
+    assert runner.sweep_cases(spec, gpu=True, max_seqlen=1024) == [d for d in gpu_cases if d["seqlen"] <= 1024]
+    assert runner.sweep_cases(spec, gpu=True) == gpu_cases
+    assert runner.sweep_cases(spec, gpu=False) == spec.sweep_cases(False)
+
+
+def test_cli_help_lists_providers_per_op():
+    result = sweep_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for name, op in runner.all_specs().items():
+        assert f"  {name}: {', '.join(runner.providers(op, None))}\n" in result.stdout
+    assert "--max-seqlen N" in result.stdout  # how the flag sizes the CPU cases is explained
+
+
+@pytest.mark.skipif(not _runtime.INTERPRET, reason="bf16 is refused only under the interpreter")
+def test_cli_refuses_bf16_under_the_interpreter(tmp_path):
+    out = tmp_path / "bf16.csv"
+    result = sweep_cli("layer_norm", "--dtypes", "bf16", "--out", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "bfloat16 cannot run correctly under the Triton interpreter" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_compiled_backward_is_timed(tmp_path):
+    # torch.compile's backward frees its saved buffers, so timing it on a retained graph failed from seqlen 16
+    # (where the compile becomes dynamic). Slow: inductor compiles C++ on the CPU, ~25 s on 2 cores.
+    out = tmp_path / "compile.csv"
+    result = sweep_cli("layer_norm", "--providers", "compile", "--modes", "bwd", "--max-seqlen", "16",
+                       "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    df = pd.read_csv(out, dtype={"params": str})
+    compiled = df[df["provider"] == "compile"]
+    assert sorted(compiled["seqlen"]) == [8, 16]
+    assert compiled["error"].isna().all(), compiled["error"].dropna().tolist()
+    assert (compiled["ms"] > 0).all()
