@@ -35,6 +35,8 @@ def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias
     if m == 0 or n == 0:
         return c
     hh = h if h is not None else c
+    if bias is not None:
+        bias = bias.contiguous()  # the epilogue reads Bias[n] at unit stride; a (n,) copy costs nothing
     gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
         a, b, c, bias if bias is not None else c, hh, dbias if dbias is not None else c,
         m, n, k,
