@@ -45,6 +45,14 @@ one grouped GEMM and consumed by another launch whose programs are organised dif
 token); summing the k pairs of a token inside GEMM #2 would need atomics and lose determinism. The logits are
 not stored (forward only).
 
+NaN propagates, per token. A token whose x row has a NaN gets NaN logits; a token whose logits make the
+softmax undefined (a NaN, a +inf, or all -inf: from a NaN in x or in the router weight, or an fp32 overflow)
+gets NaN routing weights and the in-range experts ``0..k-1`` (:mod:`kernels.routing`'s contract). Either way
+every one of its ``k`` pairs is dispatched and computed, and its output row is all NaN — never a silent 0.0
+from pairs that went nowhere, and never an index past the expert tables. The other tokens' rows are
+unaffected: every GEMM row, every routing row and every combine row belongs to one token. (NaN in an expert's
+weights reaches, in the same way, exactly the tokens routed to that expert.)
+
 Forward only: a backward (grouped GEMMs with the roles of the operands swapped, plus the router's gradient
 from :mod:`kernels.routing`) is future work; until then calling it where a gradient is required raises
 NotImplementedError.
@@ -496,7 +504,8 @@ def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
     """HF OLMoE's sparse MoE block (``OlmoeSparseMoeBlock``) with the given weights; forward only.
 
     ``x: (..., hidden)``, ``router_weight: (E, hidden)``, ``gate_up: (E, 2*inner, hidden)`` (gate rows first),
-    ``down: (E, hidden, inner)``; each token goes to its ``k`` most probable experts.
+    ``down: (E, hidden, inner)``; each token goes to its ``k`` most probable experts. A token with a NaN in x
+    or an undefined router softmax (NaN / +inf logits, or all -inf) gets an all-NaN output row.
     """
     _check(x, router_weight, gate_up, down, k)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_weight, gate_up, down)):
@@ -511,7 +520,10 @@ def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
 
 def moe_reference(x, router_weight, gate_up, down, *, k=8, normalize=False):
     """HF transformers' OlmoeSparseMoeBlock, eager: router, then a Python loop over the experts that were hit
-    (per expert: gather its tokens, gate/up GEMM, SwiGLU, down GEMM, weight, index_add_)."""
+    (per expert: gather its tokens, gate/up GEMM, SwiGLU, down GEMM, weight, index_add_).
+
+    The NaN contract follows from topk_routing_reference's: an undefined routing row goes to experts 0..k-1
+    with NaN weights, and index_add_ carries the NaN into the token's output row."""
     shape, hidden = x.shape, x.shape[-1]
     n_experts = router_weight.shape[0]
     h = x.reshape(-1, hidden)

@@ -29,6 +29,23 @@ weights scattered into expert space (``G_e = g_j`` if expert ``e`` is the ``j``-
 
 All of it lives in expert space, so the backward kernel needs no gather: it recomputes ``p`` from the saved
 logits (one tile, cheaper than storing ``p``), scatters ``g`` with ``k`` compare-selects, and writes dz.
+
+NaN and infinities. A row's softmax is *undefined* when it has a NaN logit, a +inf logit (``z - max`` is
+``inf - inf`` there) or no logit above -inf (``-inf - (-inf)`` everywhere); torch's softmax gives such a row
+all-NaN probabilities, and no other row gets a NaN. The contract for an undefined row:
+
+    weights = NaN in all k slots, normalize or not
+    ids     = 0, 1, ..., k-1          (a stable sort of the all-NaN probabilities: every entry ties)
+    dL/dz   = NaN in the whole row    (NaN in, NaN out)
+
+so ids are always k distinct experts in ``[0, num_experts)`` — downstream dispatch indexes with them — and the
+fault shows up in the weights, and from there in whatever they weight (``kernels.moe`` gives the token a NaN
+output row). Every other row is computed exactly as if the undefined rows were not there. Some -inf logits in a
+row with a finite one are ordinary values: probability 0, selected after every finite logit, ties to the lower
+index. The kernels test for undefined rows explicitly (``z != z``, and the row max against +-inf) rather than
+let the NaN flow through: ``tl.max`` skips NaN (maxnum semantics, on a GPU and in the interpreter alike), and
+every comparison of the selection is false against NaN, so a NaN logit would be passed over and an all-NaN row
+would select the padding sentinel ``BLOCK_E`` as its expert.
 """
 
 from __future__ import annotations
@@ -71,11 +88,19 @@ def softmax_topk(z, col_ok, k, NORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, B
     ascending), so round ``j`` looks only at entries *after* the previous pick ``(lv, li)`` in that order —
     strictly smaller, or equal with a larger index — and takes the largest of them, the lowest index among
     equals. Two reductions per round; -inf logits are ordinary values here, so every row gets k distinct ids.
+
+    A row whose softmax is undefined (NaN, +inf, or nothing above -inf: see the module doc) selects on zeros
+    instead, so its ids are 0..k-1, and gets NaN weights; the other rows are untouched.
     """
     cols = tl.arange(0, BLOCK_E)
     slots = tl.arange(0, BLOCK_K)
     z = tl.where(col_ok[None, :], z, float("-inf"))
-    row_max = tl.max(z, axis=1)
+    row_max, undefined = _softmax_max(z)
+    # Every comparison with NaN is false: left in, a NaN row would find nothing "after" the previous pick and
+    # select the sentinel BLOCK_E. Zeros tie everywhere, so the selection below yields 0..k-1 with no NaN or
+    # inf arithmetic on the way; the NaN goes back into the weights at the end.
+    z = tl.where(undefined[:, None] & col_ok[None, :], 0.0, z)
+    row_max = tl.where(undefined, 0.0, row_max)
     denom = tl.sum(tl.exp(z - row_max[:, None]), axis=1)  # masked columns: exp(-inf) = 0
 
     top_w = tl.zeros([z.shape[0], BLOCK_K], dtype=tl.float32)
@@ -93,7 +118,20 @@ def softmax_topk(z, col_ok, k, NORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, B
         lv, li = v, i
     if NORMALIZE:
         top_w = top_w / tl.sum(top_w, axis=1)[:, None]
+    top_w = tl.where(undefined[:, None] & (slots[None, :] < k), float("nan"), top_w)
     return top_w, top_i
+
+
+@triton.jit
+def _softmax_max(z):
+    """Row max of ``z`` (masked columns already -inf) and which rows have an undefined softmax.
+
+    The NaN test is its own reduction because ``tl.max`` skips NaN (maxnum); a NaN-free row's max is +inf or
+    -inf exactly when its softmax would compute inf - inf.
+    """
+    row_max = tl.max(z, axis=1)
+    has_nan = tl.max((z != z).to(tl.int32), axis=1) > 0
+    return row_max, has_nan | (row_max == float("inf")) | (row_max == float("-inf"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -137,11 +175,14 @@ def _routing_bwd(
     cols = tl.arange(0, BLOCK_E)
     col_ok = cols < n_experts
     mask = row_ok[:, None] & col_ok[None, :]
-    # p recomputed exactly as the forward did
+    # p recomputed exactly as the forward did; an undefined row (see the module doc) gets p = NaN, hence a NaN
+    # gradient, without computing inf - inf on the way
     z = tl.load(Z + rows64[:, None] * stride_zm + cols[None, :] * stride_ze, mask=mask, other=0.0).to(tl.float32)
     z = tl.where(col_ok[None, :], z, float("-inf"))
-    e = tl.exp(z - tl.max(z, axis=1)[:, None])
-    p = e / tl.sum(e, axis=1)[:, None]
+    row_max, undefined = _softmax_max(z)
+    z = tl.where(undefined[:, None] & col_ok[None, :], 0.0, z)
+    e = tl.exp(z - tl.where(undefined, 0.0, row_max)[:, None])
+    p = tl.where(undefined[:, None], float("nan"), e / tl.sum(e, axis=1)[:, None])
     # scatter the k weight gradients into expert space (G) and mark the selected set (sel)
     G = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
     sel = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
@@ -214,7 +255,8 @@ def topk_routing(logits, k=8, *, normalize=False):
 
     Softmax over all experts in fp32, the ``k`` largest probabilities sorted descending (ties to the lower
     expert index), optionally renormalised to sum to one. Weights in the logits' dtype, ids int64.
-    Differentiable in the logits (through the weights).
+    Differentiable in the logits (through the weights). A row with a NaN logit, a +inf logit or only -inf
+    logits gets NaN weights and ids 0..k-1 (the module doc); ids are always in ``[0, num_experts)``.
     """
     _check(logits, k)
     lead = logits.shape[:-1]
@@ -228,12 +270,19 @@ def topk_routing(logits, k=8, *, normalize=False):
 
 def topk_routing_reference(logits, k=8, *, normalize=False):
     """HF's router math (softmax in fp32 — fp64 for fp64 logits — then top-k), with the tie rule made explicit:
-    a stable descending sort keeps equal probabilities in index order, so ties go to the lower expert."""
+    a stable descending sort keeps equal probabilities in index order, so ties go to the lower expert.
+
+    The NaN contract (module doc) is stated here too rather than left to torch: an undefined row's
+    probabilities are all NaN, and the order torch.sort / torch.topk give NaNs is not something to rely on."""
     probs = torch.softmax(logits, dim=-1, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
     values, ids = torch.sort(probs, dim=-1, descending=True, stable=True)
     weights, ids = values[..., :k], ids[..., :k]
     if normalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    undefined = (logits.isnan().any(-1) | logits.isposinf().any(-1) | logits.isneginf().all(-1))[..., None]
+    ids = torch.where(undefined, torch.arange(k, device=ids.device), ids)
+    # an addition, not a masked_fill: the gradient still flows through the (NaN) softmax, so it is NaN as well
+    weights = weights + torch.where(undefined, float("nan"), 0.0).to(weights.dtype)
     return weights.to(logits.dtype), ids
 
 

@@ -1,6 +1,6 @@
 """The MoE layer beyond the generated tests: the dispatch's invariants, skewed and degenerate routing, every
 GEMM tile height, determinism, HF transformers' OlmoeSparseMoeBlock with the same weights, the grouped_mm peer,
-and the forward-only guard."""
+the forward-only guard, and NaN propagation (a token with NaN in x or NaN logits gets a NaN row)."""
 
 import importlib
 
@@ -188,3 +188,48 @@ def test_raises_where_a_gradient_is_required():
             moe(*args, **kwargs)
     with torch.no_grad():  # no gradient wanted: fine, even on tensors that require grad
         assert _rel(moe(*args, **kwargs), ref) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ NaN
+
+
+@pytest.fixture
+def zero_filled_outputs(monkeypatch):
+    """Kernel outputs start as zeros (what a fresh torch.empty often holds) instead of the tests' NaN poison: a
+    NaN output row must come from the arithmetic, not from a pair that no kernel computed."""
+    monkeypatch.setattr(rt, "empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter's np.nanmax on a NaN row
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("experts,k,normalize", [(64, 3, False), (8, 2, True)])
+def test_nan_in_x_gives_that_token_a_nan_row(zero_filled_outputs, experts, k, normalize, dtype):
+    ours, kwargs, _ = _case(dtype=dtype, tokens=7, hidden=16, inner=8, experts=experts, k=k, normalize=normalize)
+    x = ours[0].clone()
+    x[1, 5] = float("nan")  # one feature: every logit of the token is NaN
+    x[4] = float("nan")
+    bad = torch.tensor([False, True, False, False, True, False, False], device=DEV)
+    out = moe(x, *ours[1:], **kwargs)
+    assert out[bad].isnan().all()
+    assert torch.isfinite(out[~bad]).all()
+    ref = M.moe_reference(*[a.double() for a in (x, *ours[1:])], **kwargs)
+    assert ref[bad].isnan().all(), "the reference keeps the same contract"
+    assert _rel(out[~bad], ref[~bad]) < (1e-5 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("where", ["column", "expert"])
+def test_nan_logits_give_nan_rows(zero_filled_outputs, where, dtype):
+    """x finite, the router weight NaN: a feature's column (every logit NaN) or one expert's row (one NaN logit
+    per token). The expert GEMMs stay finite, so the NaN can only come through the routing weights."""
+    ours, kwargs, _ = _case(dtype=dtype, tokens=5, hidden=16, inner=8, experts=8, k=2)
+    router = ours[1].clone()
+    if where == "column":
+        router[:, 3] = float("nan")
+    else:
+        router[6] = float("nan")
+    out = moe(ours[0], router, *ours[2:], **kwargs)
+    assert out.isnan().all()
+    ref = M.moe_reference(*[a.double() for a in (ours[0], router, *ours[2:])], **kwargs)
+    assert ref.isnan().all()

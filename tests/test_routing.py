@@ -1,5 +1,6 @@
 """topk_routing beyond the generated tests: the tie rule, -inf logits, shapes and dtypes, the gradient with and
-without normalisation, agreement with HF's softmax+topk router where there are no ties."""
+without normalisation, agreement with HF's softmax+topk router where there are no ties, and the contract for rows
+whose softmax is undefined (NaN, +inf, all -inf)."""
 
 import pytest
 import torch
@@ -102,3 +103,89 @@ def test_gradient_with_non_contiguous_cotangent():
 def test_no_tokens():
     w, ids = topk_routing(torch.randn(0, 8, device=DEV), 2)
     assert w.shape == ids.shape == (0, 2)
+
+
+# ------------------------------------------------------------------------------------------------ NaN and inf
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _rows_with_undefined_softmax(experts, dtype, seed=0):
+    """Ordinary rows interleaved with every kind of undefined row; returns the logits and the undefined mask."""
+    z = torch.randn(12, experts, generator=torch.Generator().manual_seed(seed))
+    z[1] = NAN  # all NaN (the regression: every comparison false, ids fell through to BLOCK_E)
+    z[2, 0] = NAN  # a single NaN, first / middle / last expert
+    z[4, experts // 2] = NAN
+    z[5, experts - 1] = NAN
+    z[6, min(3, experts - 1)] = INF  # softmax computes inf - inf: NaN in torch
+    z[8] = -INF  # nothing above -inf: -inf - (-inf)
+    z[9, 0], z[9, experts - 1] = INF, NAN
+    undefined = torch.zeros(12, dtype=torch.bool)
+    undefined[[1, 2, 4, 5, 6, 8, 9]] = True
+    return z.to(device=DEV, dtype=dtype), undefined.to(DEV)
+
+
+def _check_ids_valid(ids, experts):
+    """Every id in [0, experts), k distinct ones per row."""
+    assert ids.dtype == torch.int64
+    assert ((ids >= 0) & (ids < experts)).all(), f"ids out of [0, {experts}): {ids[(ids < 0) | (ids >= experts)]}"
+    s = ids.sort(dim=-1).values
+    assert (s[..., 1:] != s[..., :-1]).all(), "an expert picked twice in a row"
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter's np.nanmax on a NaN row
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("experts,k", [(64, 8), (13, 13), (8, 3)])
+def test_undefined_rows_get_nan_weights_and_the_first_k_experts(experts, k, normalize, dtype):
+    z, undefined = _rows_with_undefined_softmax(experts, dtype)
+    w, ids = topk_routing(z, k, normalize=normalize)
+    _check_ids_valid(ids, experts)
+    assert torch.equal(ids[undefined], torch.arange(k, device=DEV).expand(int(undefined.sum()), k))
+    assert w[undefined].isnan().all()
+    # the other rows: finite, and bit for bit what they give without the undefined rows in the batch
+    assert torch.isfinite(w[~undefined]).all()
+    w_ok, ids_ok = topk_routing(z[~undefined], k, normalize=normalize)
+    assert torch.equal(w[~undefined], w_ok) and torch.equal(ids[~undefined], ids_ok)
+    # the reference keeps the same contract (the generated tests compare ids exactly)
+    ref_w, ref_ids = topk_routing_reference(z.double(), k, normalize=normalize)
+    assert torch.equal(ids, ref_ids.to(ids.device))
+    assert torch.equal(ref_w.isnan(), undefined[:, None].expand(-1, k).cpu())
+    torch.testing.assert_close(w[~undefined].double(), ref_w[~undefined.cpu()].to(DEV),
+                               rtol=1e-6 if dtype == torch.float32 else 1e-3, atol=0)
+
+
+def test_a_single_nan_anywhere():
+    """One NaN at each position of a row, ordinary rows in between: NaN weights and ids 0..k-1 wherever it is."""
+    experts, k = 16, 4
+    z = torch.randn(2 * experts, experts, generator=torch.Generator().manual_seed(2))
+    z[torch.arange(0, 2 * experts, 2), torch.arange(experts)] = NAN
+    w, ids = topk_routing(z.to(DEV), k)
+    _check_ids_valid(ids, experts)
+    assert torch.equal(ids[::2], torch.arange(k, device=DEV).expand(experts, k))
+    assert w[::2].isnan().all() and torch.isfinite(w[1::2]).all()
+    _, ref_ids = topk_routing_reference(z.double(), k)
+    assert torch.equal(ids, ref_ids.to(ids.device))
+
+
+def test_one_expert_nan():
+    w, ids = topk_routing(torch.tensor([[NAN], [INF], [-INF], [2.0]], device=DEV), 1)
+    assert ids.flatten().tolist() == [0, 0, 0, 0]
+    assert w[:3].isnan().all() and w[3].item() == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gradient_of_undefined_rows_is_nan(normalize):
+    """NaN in, NaN out for the undefined rows; the others get exactly the gradient they get on their own."""
+    z, undefined = _rows_with_undefined_softmax(16, torch.float32, seed=4)
+    g = torch.randn(12, 4, generator=torch.Generator().manual_seed(5)).to(DEV)
+    z = z.requires_grad_()
+    (dz,) = torch.autograd.grad(topk_routing(z, 4, normalize=normalize)[0], z, g)
+    assert dz[undefined].isnan().all() and torch.isfinite(dz[~undefined]).all()
+    z_ok = z.detach()[~undefined].requires_grad_()
+    (dz_ok,) = torch.autograd.grad(topk_routing(z_ok, 4, normalize=normalize)[0], z_ok, g[~undefined])
+    assert torch.equal(dz[~undefined], dz_ok)
+    z64 = z.detach().double().requires_grad_()
+    (ref_dz,) = torch.autograd.grad(topk_routing_reference(z64, 4, normalize=normalize)[0], z64, g.double())
+    assert ref_dz[undefined.cpu()].isnan().all(), "the reference's gradient follows the same contract"
