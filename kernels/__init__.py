@@ -12,4 +12,4 @@ from .moe import moe  # noqa: F401
 from .registry import OPS  # noqa: F401
 from .ops.rope import partial_rope, partial_rope_qk  # noqa: F401
 from .routing import topk_routing  # noqa: F401
-from .perf import count, count_torch  # noqa: F401,E402
+from .perf import count  # noqa: F401,E402

@@ -7,4 +7,4 @@
   prediction.
 """
 
-from .counters import Counter, count, count_torch  # noqa: F401
+from .counters import Counter, Launch, count  # noqa: F401

@@ -15,11 +15,20 @@ duration of the block:
 A launch is one grid execution (``GridExecutor.__call__``): its kernel name and its number of programs. Every
 count belongs to the launch in flight, so a counter reports per launch, per kernel name and in total.
 
-PyTorch code (``count_torch()``), at the aten level, with a ``TorchDispatchMode``: each aten op that would launch
+PyTorch code, in the same block, at the aten level with a ``TorchDispatchMode``: each aten op that would launch
 a kernel on a GPU (views and metadata ops excluded) is one launch whose FLOPs come from
-``torch.utils.flop_counter``'s formulas and whose bytes are its tensor inputs read and outputs written. So the
-eager reference and our kernels are counted side by side, by the same definitions (an aten op reads and writes
-every element of its operands: no fusion, no partial reads).
+``torch.utils.flop_counter``'s formulas and whose bytes are its tensor inputs read and outputs written (an aten
+op reads and writes every element of its operands: no fusion, no partial reads). So the eager reference and our
+kernels — with the torch ops their wrappers run around the launches (a ``zeros`` for partial sums, a final
+``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
+a reference can be counted at sizes too big to run here.
+
+Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, one from the middle of each
+of S equal strides of the program ids, and its counts are scaled by programs / programs run. Exact when the
+programs do equal work (GEMM tiles, rows of a norm), an estimate when the work varies smoothly with the program
+id (causal attention: the error is below a tile per program), wrong when later launches depend on the values of
+the skipped programs: kernels named in ``exact`` always run whole (the MoE router and dispatch). ``Launch``
+records how many programs ran.
 
     with kernels.count() as c:
         kernels.attention(q, k, v)
@@ -36,7 +45,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-__all__ = ["Launch", "Counter", "count", "count_torch"]
+__all__ = ["Launch", "Counter", "count"]
 
 
 @dataclasses.dataclass
@@ -45,6 +54,8 @@ class Launch:
 
     kernel: str
     programs: int = 1
+    programs_run: int = 1  # < programs when the launch was sampled (its counts are then scaled up)
+    source: str = "triton"  # or "aten"
     # FLOPs of matrix products by input class ("fp16", "bf16", "fp32-ieee", "fp32-tf32", ...): the classes run at
     # different peaks. Elementwise arithmetic is not counted (it is never what bounds these kernels).
     dot_flops: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
@@ -104,12 +115,15 @@ class Counter:
 # ------------------------------------------------------------------------------------------------ Triton
 
 
-_active: list[Counter] = []  # counters of the open count() blocks (nested blocks each see everything)
-_launch: list = [None]  # the launch in flight
+@dataclasses.dataclass
+class _Session:
+    counter: Counter
+    sample: int | None
+    exact: frozenset
 
 
-def _tl_dtype_name(dtype) -> str:
-    return {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}.get(dtype.name, dtype.name)
+_sessions: list[_Session] = []  # open count() blocks (nested blocks each see everything)
+_launch: list = [None]  # the Triton launch in flight
 
 
 def _element_bytes(tt_dtype) -> int:
@@ -124,8 +138,53 @@ def _as_fp32(handle):
     return handle.data.astype(np.float32)
 
 
-def _current() -> Launch | None:
-    return _launch[0] if _active else None
+def _sampled_ids(total: int, sample: int | None) -> list[int]:
+    """Program ids to run: all, or the middle one of each of ``sample`` equal strides."""
+    if sample is None or total <= sample:
+        return list(range(total))
+    return [int((i + 0.5) * total / sample) for i in range(sample)]
+
+
+def _run_grid(executor, args_dev, kwargs, sample):
+    """``GridExecutor.__call__`` (triton/runtime/interpreter.py, 3.6) with the grid loop over chosen programs."""
+    import inspect
+
+    from triton.runtime import interpreter as interp
+
+    argspec = inspect.getfullargspec(executor.fn)
+    kwargs = {k: v for k, v in kwargs.items() if k in argspec.args}
+    args_hst, kwargs_hst = executor._init_args_hst(args_dev, kwargs)
+    for hook in executor.pre_run_hooks:
+        hook(*args_hst, **kwargs_hst)
+    patch_scope = interp._patch_lang(executor.fn)
+    try:
+        args = inspect.getcallargs(executor.fn, *args_hst, **kwargs_hst)
+        args = {name: arg if name in executor.constexprs else interp._implicit_cvt(arg) for name, arg in args.items()}
+        grid = executor.grid(args) if callable(executor.grid) else executor.grid
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        interp.interpreter_builder.set_grid_dim(*grid)
+        total = math.prod(grid)
+        ids = _sampled_ids(total, sample)
+        _launch[0].programs, _launch[0].programs_run = total, len(ids)
+        try:
+            for pid in ids:  # x fastest, as a GPU numbers its programs
+                x, y, z = pid % grid[0], (pid // grid[0]) % grid[1], pid // (grid[0] * grid[1])
+                interp.interpreter_builder.set_grid_idx(x, y, z)
+                executor.fn(**args)
+        except Exception as e:
+            raise interp.InterpreterError(repr(e)) from e
+    finally:
+        patch_scope.restore()
+    executor._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
+
+
+def _scale(launch: Launch) -> None:
+    if launch.programs_run and launch.programs_run < launch.programs:
+        factor = launch.programs / launch.programs_run
+        for kind in launch.dot_flops:
+            launch.dot_flops[kind] = round(launch.dot_flops[kind] * factor)
+        launch.bytes_read = round(launch.bytes_read * factor)
+        launch.bytes_written = round(launch.bytes_written * factor)
 
 
 def _install():
@@ -137,91 +196,72 @@ def _install():
     builder = interp.InterpreterBuilder
     load, store, dot = builder.create_masked_load, builder.create_masked_store, builder.create_dot
     rmw, cas = builder.create_atomic_rmw, builder.create_atomic_cas
-    run, set_grid = interp.GridExecutor.__call__, builder.set_grid_dim
+    run = interp.GridExecutor.__call__
 
     def create_masked_load(self, ptrs, mask, *args, **kwargs):
-        if (launch := _current()) is not None:
+        if (launch := _launch[0]) is not None:
             launch.bytes_read += int(mask.data.sum()) * _element_bytes(ptrs.get_element_ty())
         return load(self, ptrs, mask, *args, **kwargs)
 
     def create_masked_store(self, ptrs, value, mask, *args, **kwargs):
-        if (launch := _current()) is not None:
+        if (launch := _launch[0]) is not None:
             launch.bytes_written += int(mask.data.sum()) * _element_bytes(ptrs.get_element_ty())
         return store(self, ptrs, value, mask, *args, **kwargs)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if (launch := _current()) is not None:
+        if (launch := _launch[0]) is not None:
             m, k = a.data.shape[-2:]
             n = b.data.shape[-1]
             batch = math.prod(a.data.shape[:-2])
-            name = _tl_dtype_name(a.dtype.scalar)
+            name = a.dtype.scalar.name
             if name == "fp32":  # an fp32 dot runs on the tensor cores only as TF32
                 name = "fp32-ieee" if str(input_precision).lower().endswith("ieee") else "fp32-tf32"
             launch.dot_flops[name] += 2 * batch * m * n * k
         if a.dtype.scalar.name in ("fp16", "bf16") and d.data.dtype == np.float32:
             # numpy has no fast 16-bit matmul: multiply in fp32 instead. Products of 16-bit floats are exact in
-            # fp32 and a GPU accumulates them in fp32, so the result is the same, hundreds of times sooner.
+            # fp32 and a GPU accumulates them in fp32, so the result is the same, many times sooner.
             a = interp.TensorHandle(_as_fp32(a), interp.tl.float32)
             b = interp.TensorHandle(_as_fp32(b), interp.tl.float32)
         return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     def create_atomic_rmw(self, op, ptr, val, mask, *args):
-        if (launch := _current()) is not None:
+        if (launch := _launch[0]) is not None:
             nbytes = int(mask.data.sum()) * _element_bytes(ptr.get_element_ty())
             launch.bytes_read += nbytes
             launch.bytes_written += nbytes
         return rmw(self, op, ptr, val, mask, *args)
 
     def create_atomic_cas(self, ptr, cmp, val, *args):
-        if (launch := _current()) is not None:
+        if (launch := _launch[0]) is not None:
             nbytes = ptr.data.size * _element_bytes(ptr.get_element_ty())
             launch.bytes_read += nbytes
             launch.bytes_written += nbytes
         return cas(self, ptr, cmp, val, *args)
 
-    def set_grid_dim(self, *grid):
-        if _active and _launch[0] is not None and _launch[0].programs == 0:
-            _launch[0].programs = math.prod(grid)
-        return set_grid(self, *grid)
-
     def grid_call(self, *args, **kwargs):
-        if not _active:
+        if not _sessions or _launch[0] is not None:
             return run(self, *args, **kwargs)
-        launch = Launch(kernel=self.fn.__name__, programs=0)
-        outer, _launch[0] = _launch[0], launch
+        name = self.fn.__name__
+        exact = any(name in s.exact for s in _sessions)
+        samples = [s.sample for s in _sessions if s.sample is not None]
+        launch = Launch(kernel=name)
+        _launch[0] = launch
         try:
-            return run(self, *args, **kwargs)
+            _run_grid(self, args, kwargs, None if exact or not samples else min(samples))
         finally:
-            _launch[0] = outer
-            for counter in _active:
-                counter.records.append(launch)
+            _launch[0] = None
+        _scale(launch)
+        for session in _sessions:
+            session.counter.records.append(launch)
 
     builder.create_masked_load, builder.create_masked_store = create_masked_load, create_masked_store
-    builder.create_dot, builder.set_grid_dim = create_dot, set_grid_dim
+    builder.create_dot = create_dot
     builder.create_atomic_rmw, builder.create_atomic_cas = create_atomic_rmw, create_atomic_cas
     interp.GridExecutor.__call__ = grid_call
     interp._playground_counting = True
 
 
-@contextlib.contextmanager
-def count():
-    """Count every Triton launch inside the block (needs the interpreter: on a GPU the kernels are compiled, and
-    nothing executes op by op where it could be counted)."""
-    from .. import _runtime as rt
-
-    if not rt.INTERPRET:
-        raise RuntimeError("kernels.count() counts under the Triton interpreter; this process compiles kernels "
-                           "for a GPU (TRITON_INTERPRET is not 1)")
-    _install()
-    counter = Counter()
-    _active.append(counter)
-    try:
-        yield counter
-    finally:
-        _active.remove(counter)
-
-
-# ------------------------------------------------------------------------------------------------ PyTorch
+# ------------------------------------------------------------------------------------------------ aten
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -229,52 +269,74 @@ def _tensors(tree) -> list[torch.Tensor]:
 
 
 def _bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
+    unique = {id(t): t for t in tensors}.values()
+    return sum(t.numel() * t.element_size() for t in unique)
 
 
-_NO_KERNEL = {  # aten ops that only describe tensors (no kernel runs on a GPU)
-    "detach", "alias", "lift_fresh", "_to_copy_noop", "empty", "empty_like", "empty_strided", "new_empty",
-    "new_empty_strided", "_unsafe_view", "clone_noop", "set_", "resize_", "_reshape_alias", "t", "sym_size",
-    "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "_local_scalar_dense",
+_NO_KERNEL = {  # aten ops that only describe or allocate tensors: no kernel runs on a GPU
+    "detach", "alias", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+    "_unsafe_view", "set_", "resize_", "_reshape_alias", "t", "lift_fresh_copy",
 }
+_DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
-def _launches_a_kernel(func) -> bool:
-    return not func.is_view and func._schema.name.split("::")[-1] not in _NO_KERNEL
-
-
-@contextlib.contextmanager
-def count_torch():
-    """Count the aten ops run inside the block (eager PyTorch, autograd's backward included)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+def _aten_launch(func, args, kwargs, out) -> Launch | None:
+    if func.is_view or func._schema.name.split("::")[-1] in _NO_KERNEL or not _tensors(out):
+        return None  # a view, an allocation, or a query (.device, .size()): no kernel
     from torch.utils.flop_counter import flop_registry
 
-    counter = Counter()
+    launch = Launch(kernel=str(func.overloadpacket.__name__), source="aten")
+    inputs = _tensors((args, kwargs))
+    formula = flop_registry.get(func.overloadpacket)
+    if formula is not None:
+        dtype = inputs[0].dtype if inputs else torch.float32
+        # torch's fp32 matmuls on a GPU run in full fp32 unless TF32 is allowed
+        kind = _DTYPE_CLASS.get(dtype) or ("fp32-tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32-ieee")
+        launch.dot_flops[kind] += int(formula(*args, **kwargs, out_val=out))
+    launch.bytes_read = _bytes(inputs)
+    launch.bytes_written = _bytes(_tensors(out))
+    return launch
 
-    class _Mode(TorchDispatchMode):
+
+def _dispatch_mode():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _CountAten(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            if _launches_a_kernel(func):
-                launch = Launch(kernel=str(func.overloadpacket.__name__))
-                formula = flop_registry.get(func.overloadpacket)
-                if formula is not None:
-                    inputs = _tensors((args, kwargs))
-                    dtype = inputs[0].dtype if inputs else torch.float32
-                    name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype)
-                    # torch's own fp32 matmuls on a GPU run in full fp32 unless TF32 is allowed
-                    name = name or ("fp32-tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32-ieee")
-                    launch.dot_flops[name] += int(formula(*args, **kwargs, out_val=out))
-                launch.bytes_read = _bytes(_tensors((args, kwargs)))
-                launch.bytes_written = _bytes(_tensors(out))
-                counter.records.append(launch)
+            # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
+            if _launch[0] is None and (launch := _aten_launch(func, args, kwargs, out)) is not None:
+                for session in _sessions:
+                    session.counter.records.append(launch)
             return out
 
-    with _Mode():
-        yield counter
+    return _CountAten()
+
+
+# ------------------------------------------------------------------------------------------------ the block
+
+
+@contextlib.contextmanager
+def count(*, sample: int | None = None, exact=(), torch_only: bool = False):
+    """Count every Triton launch (under the interpreter) and every aten op run inside the block.
+
+    ``sample``: run at most this many programs of a launch and scale (see the module doc); ``exact``: names of
+    kernels that always run whole. Triton kernels are counted only under the interpreter: on a GPU they are
+    compiled and nothing executes op by op where it could be counted, so there ``count()`` refuses unless
+    ``torch_only=True`` says the block runs PyTorch code alone.
+    """
+    from .. import _runtime as rt
+
+    if rt.INTERPRET:
+        _install()
+    elif not torch_only:
+        raise RuntimeError("kernels.count() counts Triton kernels under the interpreter (TRITON_INTERPRET=1); this "
+                           "process compiles them for a GPU. Pass torch_only=True to count PyTorch code alone.")
+    session = _Session(Counter(), sample, frozenset(exact))
+    _sessions.append(session)
+    try:
+        with _dispatch_mode():
+            yield session.counter
+    finally:
+        _sessions.remove(session)

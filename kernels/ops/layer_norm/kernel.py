@@ -134,57 +134,72 @@ def norm_bwd(
         else:  # the forward's split mean: pivot (the row's first element) + Mean
             pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
             mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
-        # pass 1: the two row sums mean(g * xhat) and mean(g)
-        sum_gx = tl.zeros([BLOCK_M], dtype=tl.float32)
-        sum_g = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
-            cols = start + cols0
-            col_ok = cols < N
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
-            dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
-            xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
-            g = dy.to(tl.float32)
-            if HAS_W:
-                g *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            sum_gx += tl.sum(g * xhat, axis=1)
-            sum_g += tl.sum(g, axis=1)
-        c1 = sum_gx / N
-        c2 = sum_g / N
-        # pass 2: dx, and the weight/bias partials
-        for start in range(0, N, BLOCK_N):
-            cols = start + cols0
-            col_ok = cols < N
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
-            dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
-            xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
-            dy = dy.to(tl.float32)
-            g = dy
-            if HAS_W:
-                g *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            if RMS:
-                dx = (g - xhat * c1[:, None]) * rstd[:, None]
-            else:
-                dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
-            tl.store(DX + rows64[:, None] * stride_dxm + cols[None, :] * stride_dxn,
-                     dx.to(DX.dtype.element_ty), mask=mask)
-            if HAS_W:
-                if OUT_DTYPE_ROUND:  # RMSNorm's weight multiplies the normalised x rounded to x's dtype
-                    xhat = xhat.to(DX.dtype.element_ty).to(tl.float32)
-                if SINGLE_TILE:
-                    dw_acc += tl.sum(dy * xhat, axis=0)
-                else:
+        if SINGLE_TILE:  # the row tile is loaded once and kept in registers for both the sums and dx
+            xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, cols0, pivot, mean, rstd, N, stride_xm,
+                                            stride_xn, stride_dym, stride_dyn, HAS_W)
+            c1 = tl.sum(g * xhat, axis=1) / N
+            c2 = tl.sum(g, axis=1) / N
+            dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols0, col_ok, stride_dxm, stride_dxn,
+                             RMS, OUT_DTYPE_ROUND)
+            dw_acc += dw
+            db_acc += db
+        else:
+            # pass 1: the two row sums mean(g * xhat) and mean(g)
+            sum_gx = tl.zeros([BLOCK_M], dtype=tl.float32)
+            sum_g = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for start in range(0, N, BLOCK_N):
+                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, start + cols0, pivot, mean, rstd, N,
+                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W)
+                sum_gx += tl.sum(g * xhat, axis=1)
+                sum_g += tl.sum(g, axis=1)
+            c1 = sum_gx / N
+            c2 = sum_g / N
+            # pass 2: dx, and the weight/bias partials, accumulated in this program's own partial rows
+            for start in range(0, N, BLOCK_N):
+                cols = start + cols0
+                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, cols, pivot, mean, rstd, N,
+                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W)
+                dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm,
+                                 stride_dxn, RMS, OUT_DTYPE_ROUND)
+                if HAS_W:
                     p = DW_partial + pid * N + cols
-                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy * xhat, axis=0), mask=col_ok)
-            if HAS_B:
-                if SINGLE_TILE:
-                    db_acc += tl.sum(dy, axis=0)
-                else:
+                    tl.store(p, tl.load(p, mask=col_ok) + dw, mask=col_ok)
+                if HAS_B:
                     p = DB_partial + pid * N + cols
-                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy, axis=0), mask=col_ok)
+                    tl.store(p, tl.load(p, mask=col_ok) + db, mask=col_ok)
     if SINGLE_TILE:
         if HAS_W:
             tl.store(DW_partial + pid * N + cols0, dw_acc, mask=cols0 < N)
         if HAS_B:
             tl.store(DB_partial + pid * N + cols0, db_acc, mask=cols0 < N)
+
+
+@triton.jit
+def _bwd_tile(X, DY, W, rows64, row_ok, cols, pivot, mean, rstd, N, stride_xm, stride_xn, stride_dym, stride_dyn,
+              HAS_W: tl.constexpr):
+    """One (rows, cols) tile of the backward's inputs: xhat, dy and g = dy * weight in fp32 (zero off the edge)."""
+    col_ok = cols < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
+    dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
+    xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
+    dy = dy.to(tl.float32)
+    g = dy
+    if HAS_W:
+        g = g * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return xhat, dy, g, col_ok
+
+
+@triton.jit
+def _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm, stride_dxn,
+            RMS: tl.constexpr, OUT_DTYPE_ROUND: tl.constexpr):
+    """Store dx for one tile; return its column sums for dweight (dy * xhat) and dbias (dy)."""
+    if RMS:
+        dx = (g - xhat * c1[:, None]) * rstd[:, None]
+    else:
+        dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+    tl.store(DX + rows64[:, None] * stride_dxm + cols[None, :] * stride_dxn, dx.to(DX.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+    if OUT_DTYPE_ROUND:  # RMSNorm's weight multiplies the normalised x rounded to x's dtype
+        xhat = xhat.to(DX.dtype.element_ty).to(tl.float32)
+    return tl.sum(dy * xhat, axis=0), tl.sum(dy, axis=0)
