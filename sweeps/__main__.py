@@ -4,7 +4,9 @@ import argparse
 from pathlib import Path
 
 from kernels import _runtime as rt
-from sweeps.runner import DTYPES, NothingToRun, all_specs, default_out, providers, run
+from sweeps.plan import DTYPES, NothingToRun, all_specs, providers
+from sweeps.runner import run
+from sweeps.store import default_out
 
 SEQLEN_HELP = """\
 sequence lengths (--max-seqlen N):

@@ -11,8 +11,8 @@ import pytest
 
 import plots.__main__ as plots_main
 from kernels import OPS, _runtime
-from sweeps import runner
-from sweeps.runner import KEY
+from sweeps import plan, runner
+from sweeps.store import KEY
 
 
 @pytest.fixture(scope="module")
@@ -152,22 +152,22 @@ def test_cli_max_seqlen_extends_the_cpu_cases(tmp_path):
     cpu_seqlens = [d["seqlen"] for d in OPS["layer_norm"].sweep_cases(False)]
     assert max(cpu_seqlens) < 64  # else this test shows nothing
     assert sorted(set(df["seqlen"])) == sorted(set(cpu_seqlens) | {64})
-    assert set(df["params"]) == {runner.params_of(d) for d in OPS["layer_norm"].sweep_cases(False)}  # same panels
+    assert set(df["params"]) == {plan.params_of(d) for d in OPS["layer_norm"].sweep_cases(False)}  # same panels
     assert df["error"].isna().all(), df["error"].dropna().tolist()
 
 
 def test_max_seqlen_only_filters_the_gpu_cases(spec):
     gpu_cases = spec.sweep_cases(True)
-    assert runner.sweep_cases(spec, gpu=True, max_seqlen=1024) == [d for d in gpu_cases if d["seqlen"] <= 1024]
-    assert runner.sweep_cases(spec, gpu=True) == gpu_cases
-    assert runner.sweep_cases(spec, gpu=False) == spec.sweep_cases(False)
+    assert plan.sweep_cases(spec, gpu=True, max_seqlen=1024) == [d for d in gpu_cases if d["seqlen"] <= 1024]
+    assert plan.sweep_cases(spec, gpu=True) == gpu_cases
+    assert plan.sweep_cases(spec, gpu=False) == spec.sweep_cases(False)
 
 
 def test_cli_help_lists_providers_per_op():
     result = sweep_cli("--help")
     assert result.returncode == 0, result.stderr
-    for name, op in runner.all_specs().items():
-        assert f"  {name}: {', '.join(runner.providers(op, None))}\n" in result.stdout
+    for name, op in plan.all_specs().items():
+        assert f"  {name}: {', '.join(plan.providers(op, None))}\n" in result.stdout
     assert "--max-seqlen N" in result.stdout  # how the flag sizes the CPU cases is explained
 
 

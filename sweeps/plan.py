@@ -1,0 +1,161 @@
+"""What a sweep runs: the work items (op × dims × dtype × mode, each measured under every provider) and the
+providers themselves.
+
+Sizes: on a GPU, ``spec.sweep_cases(True)``, ``max_seqlen`` dropping the longer ones. On the CPU the op's own list
+is tiny; a ``max_seqlen`` beyond it extends it (see :func:`sweep_cases`).
+
+Providers: ``eager`` (the PyTorch reference, first: speedups are over it), ``ours`` (the Triton op), ``compile``
+(``torch.compile`` of the reference) and the op's own peers. Each is a factory, called once per op and run
+(:class:`ProviderFns`), so imports and compilation stay lazy and a missing one is reported once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from kernels import _runtime as rt
+from kernels.spec import Case, OpSpec
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+class NothingToRun(ValueError):
+    """The selection (ops, modes, dtypes, providers, max_seqlen) leaves no case to measure."""
+
+
+def all_specs() -> dict:
+    """Every sweepable spec: the ops of the registry, then the model-level sweeps."""
+    from kernels import OPS
+
+    specs = dict(OPS)
+    try:
+        from models.sweep import SPECS as MODEL_SPECS
+    except ImportError:
+        MODEL_SPECS = ()
+    specs.update({s.name: s for s in MODEL_SPECS})
+    return specs
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+
+def params_of(dims: dict) -> str:
+    """The dims besides seqlen, as the ``params`` column writes them: they name the plot panel."""
+    return json.dumps({k: v for k, v in dims.items() if k != "seqlen"}, sort_keys=True)
+
+
+def sweep_cases(spec: OpSpec, *, gpu: bool, max_seqlen=None) -> list[dict]:
+    """The dims one op is swept over: ``spec.sweep_cases(gpu)`` without the cases longer than ``max_seqlen``.
+
+    On the CPU, a ``max_seqlen`` beyond the op's (tiny) list also extends it: each panel (the dims besides
+    seqlen) gets its longest seqlen doubled until ``max_seqlen``, at the CPU shapes. The GPU's shapes would not do:
+    they start at 512 tokens of hidden 1024 and up, hours under the interpreter; and keeping the panel keeps the
+    added points on the same plot lines as the default ones.
+    """
+    base = spec.sweep_cases(gpu)
+    last_of_panel = {params_of(dims): i for i, dims in enumerate(base)}
+    cases = []
+    for i, dims in enumerate(base):
+        if max_seqlen is None or dims["seqlen"] <= max_seqlen:
+            cases.append(dims)
+        if gpu or max_seqlen is None or last_of_panel[params_of(dims)] != i:
+            continue
+        seqlen = 2 * max(d["seqlen"] for d in base if params_of(d) == params_of(dims))
+        while seqlen <= max_seqlen:
+            cases.append({**dims, "seqlen": seqlen})
+            seqlen *= 2
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------ providers
+
+
+def providers(spec: OpSpec, wanted: list[str] | None) -> dict:
+    """name -> factory() -> callable (or None when unavailable). 'eager' always comes first: speedups need it."""
+    out = {"eager": lambda: spec.reference, "ours": lambda: spec.fn}
+    if spec.compile_reference:
+        out["compile"] = lambda: torch.compile(spec.reference)
+    out.update(spec.peers)
+    if wanted is not None:
+        out = {k: v for k, v in out.items() if k in wanted or k == "eager"}
+    return out
+
+
+def providers_but_compile(specs: list[OpSpec]) -> list[str]:
+    """Every provider of ``specs`` but ``compile``: the CPU's default, as compiling on a CPU takes minutes."""
+    return ["eager", "ours"] + [p for s in specs for p in s.peers]
+
+
+class ProviderFns:
+    """The callable of each (op, provider), made by its factory on first use and kept for the run.
+
+    ``get`` answers the callable, the exception its factory raised (e.g. a peer's library missing: its rows say
+    so), or None when the factory declares the provider unavailable here (no GPU, old torch), which is listed once
+    in ``unavailable``.
+    """
+
+    def __init__(self):
+        self._made: dict = {}
+        self.unavailable: list[str] = []
+
+    def get(self, item: WorkItem, provider: str):
+        key = (item.spec.name, provider)
+        if key not in self._made:
+            try:
+                self._made[key] = item.providers[provider]()
+            except Exception as e:  # noqa: BLE001  (recorded in the provider's rows, not fatal)
+                self._made[key] = e
+            if self._made[key] is None:
+                self.unavailable.append(f"{item.spec.name}/{provider}")
+        return self._made[key]
+
+
+# ------------------------------------------------------------------------------------------------ work items
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """One op's case at one dtype and mode: one set of inputs, measured under each of ``providers``."""
+
+    spec: OpSpec
+    dims: dict
+    dtype: torch.dtype
+    mode: str
+    providers: dict  # name -> factory, as :func:`providers` makes them
+
+    def columns(self, provider: str) -> dict:
+        """The row columns naming this item under ``provider`` (the CSV's key)."""
+        return {"op": self.spec.name, "provider": provider, "mode": self.mode, "dtype": DTYPE_NAMES[self.dtype],
+                "seqlen": self.dims["seqlen"], "params": params_of(self.dims)}
+
+    def label(self) -> str:
+        return f"{self.spec.name} {self.mode} {DTYPE_NAMES[self.dtype]} seqlen={self.dims['seqlen']}"
+
+    def make_case(self) -> Case:
+        return self.spec.make_case(self.dims, self.dtype, rt.DEVICE, requires_grad=self.mode != "fwd")
+
+
+def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wanted_providers=None,
+               max_seqlen=None) -> list[WorkItem]:
+    """Every item of the sweep, in order: per op, its cases × dtypes × modes (the op's own where not given).
+
+    Raises :class:`NothingToRun` when the selection leaves none.
+    """
+    items = []
+    for spec in specs:
+        provs = providers(spec, wanted_providers)
+        spec_dtypes = dtypes or (list(spec.sweep_dtypes) if gpu else [torch.float32])
+        spec_modes = [m for m in (modes or spec.modes) if m in spec.modes]
+        items += [WorkItem(spec, dims, dtype, mode, provs)
+                  for dims in sweep_cases(spec, gpu=gpu, max_seqlen=max_seqlen)
+                  for dtype in spec_dtypes for mode in spec_modes]
+    if not items:
+        limits = ([f"mode {' or '.join(modes)}"] if modes else []) + (
+            [f"seqlen <= {max_seqlen}"] if max_seqlen is not None else [])
+        raise NothingToRun(f"nothing to run: no case of {', '.join(s.name for s in specs)} has "
+                           f"{' and '.join(limits) or 'this selection'}")
+    return items
