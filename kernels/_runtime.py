@@ -59,11 +59,27 @@ def backend() -> str:
     return torch.cuda.get_device_name()
 
 
+_modeled_sms: list[int] = []
+
+
 def num_sms() -> int:
-    """Multiprocessors to size persistent grids by (a small stand-in off the GPU keeps the interpreter quick)."""
+    """Multiprocessors to size persistent grids by: the GPU's; under the interpreter a small stand-in keeps tests
+    quick, unless a model of a real GPU is being counted (:func:`modeled_sms`), whose grids must be the real ones."""
+    if _modeled_sms:
+        return _modeled_sms[-1]
     if GPU and not INTERPRET:
         return torch.cuda.get_device_properties(0).multi_processor_count
     return 4
+
+
+@contextlib.contextmanager
+def modeled_sms(count: int):
+    """Within the block, :func:`num_sms` answers ``count`` (the counters size grids as that GPU would)."""
+    _modeled_sms.append(count)
+    try:
+        yield
+    finally:
+        _modeled_sms.pop()
 
 
 # --------------------------------------------------------------------------------------------------------------

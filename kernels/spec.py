@@ -81,5 +81,8 @@ class OpSpec:
     compile_reference: bool = True
     # dims always tested besides hypothesis' draws: the paths a small random draw may miss (a looped wide row...).
     examples: tuple = ()
+    # names of kernels the counters must run whole even when sampling (their outputs steer later launches: the MoE
+    # router and dispatch); see kernels/perf/counters.py.
+    count_exact: tuple = ()
     # optional: check_outputs(ours, ref64, case) for outputs a relative norm cannot judge (e.g. integer ids).
     check_outputs: Callable | None = None

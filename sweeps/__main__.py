@@ -6,12 +6,19 @@ from pathlib import Path
 from kernels import _runtime as rt
 from sweeps.plan import DTYPES, NothingToRun, all_specs, providers
 from sweeps.runner import run
+from sweeps.modeled import DEFAULT_SAMPLE, Modeled
 from sweeps.store import default_out
+from sweeps.timing import Timer
 
 SEQLEN_HELP = """\
+rows without a GPU:
+  each case is counted under the Triton interpreter at its real (GPU) size and modeled on an H100:
+  device=model:H100, ms = the roofline model of the counted FLOPs and bytes (kernels/perf/h100.py), an
+  attainable bound, not a measurement. bf16 is counted by running fp16 (same bytes, kernels and peak).
+
 sequence lengths (--max-seqlen N):
-  on a GPU, each op's own list, less the cases longer than N.
-  without a GPU the lists are tiny, since the interpreter is slow; an N beyond one extends it, each panel's
+  on a GPU and in modeled rows, each op's own list, less the cases longer than N.
+  with --interpreter-timings the lists are tiny, since the interpreter is slow; an N beyond one extends it, each panel's
   longest seqlen doubled while it is <= N, at the same tiny shapes (e.g. layer_norm 8, 16, 32 -> 8 .. 256 with
   --max-seqlen 256). The GPU shapes are not used there: they would take hours under the interpreter."""
 
@@ -30,7 +37,7 @@ def _union(lists) -> list[str]:
 
 def main(argv=None):
     specs = all_specs()
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Time ops against their peers.",
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Measure ops against their peers: timed on a GPU, counted and modeled without one.",
                                      epilog=_epilog(specs), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ops", nargs="+", help=f"'all' or any of: {', '.join(specs)}")
     parser.add_argument("--out", type=Path, help="CSV to append to (and resume from); default out/<op>-<backend>.csv")
@@ -39,9 +46,21 @@ def main(argv=None):
     parser.add_argument("--modes", help="comma-separated, of fwd, bwd, fwd+bwd (default: all the op has)")
     parser.add_argument("--providers", help="comma-separated provider names, listed per op below (default: all; "
                                             "eager always runs)")
-    parser.add_argument("--max-seqlen", type=int, help="skip cases with a longer sequence; without a GPU, also "
-                                                       "extend the tiny case lists up to it (see below)")
+    parser.add_argument("--max-seqlen", type=int, help="skip cases with a longer sequence; with "
+                                                       "--interpreter-timings, also extend the tiny case lists up "
+                                                       "to it (see below)")
+    parser.add_argument("--interpreter-timings", action="store_true",
+                        help="without a GPU: time the interpreter at tiny sizes (device=interpreter; not kernel "
+                             "performance) instead of counting and modeling an H100 at the real sizes")
+    parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                        help=f"modeled rows: programs run per launch, the rest scaled (default {DEFAULT_SAMPLE}; "
+                             "0: every program)")
     args = parser.parse_args(argv)
+    if args.interpreter_timings and not rt.INTERPRET:
+        parser.error("--interpreter-timings: this machine has a GPU; its rows are timed with do_bench")
+    if args.sample < 0:
+        parser.error(f"--sample must be >= 0, got {args.sample}")
+    measurer = Timer() if args.interpreter_timings or not rt.INTERPRET else Modeled(args.sample or None)
 
     names = list(specs) if args.ops == ["all"] else args.ops
     unknown = [n for n in names if n not in specs]
@@ -53,7 +72,7 @@ def main(argv=None):
         bad = [d for d in args.dtypes.split(",") if d not in DTYPES]
         if bad:
             parser.error(f"--dtypes: unknown {bad}; choose from {list(DTYPES)}")
-        if "bf16" in args.dtypes.split(",") and rt.INTERPRET:
+        if "bf16" in args.dtypes.split(",") and args.interpreter_timings:
             # The interpreter's tl.dot reads bfloat16 bits as integers: the results would be garbage, not slow.
             parser.error("--dtypes bf16: bfloat16 cannot run correctly under the Triton interpreter (its tl.dot "
                          "treats bf16 bits as integers); use fp32 or fp16 on the CPU, or run on a GPU")
@@ -72,9 +91,10 @@ def main(argv=None):
         if bad:
             parser.error(f"--providers: {', '.join(map(repr, bad))} is not a provider of {', '.join(names)}; "
                          f"choose from {', '.join(valid)}")
-    out = args.out or default_out("all" if args.ops == ["all"] else "-".join(names))
+    out = args.out or default_out("all" if args.ops == ["all"] else "-".join(names), measurer.device)
     try:
-        run(chosen, out, dtypes=dtypes, modes=modes, wanted_providers=wanted, max_seqlen=args.max_seqlen)
+        run(chosen, out, dtypes=dtypes, modes=modes, wanted_providers=wanted, max_seqlen=args.max_seqlen,
+            measurer=measurer)
     except NothingToRun as e:
         parser.exit(2, f"{parser.prog}: error: {e}; nothing written\n")
 

@@ -126,6 +126,7 @@ class WorkItem:
     dtype: torch.dtype
     mode: str
     providers: dict  # name -> factory, as :func:`providers` makes them
+    run_dtype: torch.dtype | None = None  # the dtype the inputs are made in, when not ``dtype`` (a stand-in)
 
     def columns(self, provider: str) -> dict:
         """The row columns naming this item under ``provider`` (the CSV's key)."""
@@ -136,13 +137,19 @@ class WorkItem:
         return f"{self.spec.name} {self.mode} {DTYPE_NAMES[self.dtype]} seqlen={self.dims['seqlen']}"
 
     def make_case(self) -> Case:
-        return self.spec.make_case(self.dims, self.dtype, rt.DEVICE, requires_grad=self.mode != "fwd")
+        return self.spec.make_case(self.dims, self.run_dtype or self.dtype, rt.DEVICE, requires_grad=self.mode != "fwd")
+
+    def case_key(self) -> tuple:
+        """What identifies the inputs (and so the counts) of this item, whatever its mode."""
+        return (self.spec.name, params_of(self.dims), self.dims["seqlen"], DTYPE_NAMES[self.dtype])
 
 
 def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wanted_providers=None,
-               max_seqlen=None) -> list[WorkItem]:
+               max_seqlen=None, stand_ins=None) -> list[WorkItem]:
     """Every item of the sweep, in order: per op, its cases × dtypes × modes (the op's own where not given).
 
+    ``gpu``: the GPU's sizes and dtypes (a GPU run, or a modeled one) rather than the interpreter's tiny ones.
+    ``stand_ins``: dtype -> the dtype its inputs are made in (the model counts bf16 by running fp16).
     Raises :class:`NothingToRun` when the selection leaves none.
     """
     items = []
@@ -150,7 +157,7 @@ def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wante
         provs = providers(spec, wanted_providers)
         spec_dtypes = dtypes or (list(spec.sweep_dtypes) if gpu else [torch.float32])
         spec_modes = [m for m in (modes or spec.modes) if m in spec.modes]
-        items += [WorkItem(spec, dims, dtype, mode, provs)
+        items += [WorkItem(spec, dims, dtype, mode, provs, (stand_ins or {}).get(dtype))
                   for dims in sweep_cases(spec, gpu=gpu, max_seqlen=max_seqlen)
                   for dtype in spec_dtypes for mode in spec_modes]
     if not items:

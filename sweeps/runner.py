@@ -31,26 +31,39 @@ class Measurer(Protocol):
     """How one provider is measured on one case."""
 
     device: str  # the rows' ``device`` column
+    real_sizes: bool  # the GPU sweep's cases (else the interpreter's tiny ones)
+    stand_ins: dict  # dtype -> the dtype inputs are made in instead (a model counting bf16 with fp16)
+    notice: str  # what the rows are, printed before the run and after "wrote"
 
     def ceilings(self) -> dict:
         """``copy_gbps`` and ``matmul_tflops``: the roofline's ceilings (columns of every row)."""
 
-    def measure(self, fn, case: Case, mode: str) -> dict:
-        """The columns of ``fn`` doing ``mode``'s work on ``case``, ``ms`` among them; raises when that fails."""
+    def measure(self, fn, case: Case, mode: str, *, provider: str, spec: OpSpec, key: tuple) -> dict:
+        """The columns of ``fn`` doing ``mode``'s work on ``case``, ``ms`` among them; raises when that fails.
+        ``key`` names the inputs whatever the mode (a measurer may reuse what it learnt of them)."""
+
+
+def default_measurer() -> Measurer:
+    """Timing on a GPU; without one, the H100 model of counted work (sweeps/modeled.py)."""
+    if rt.INTERPRET:
+        from sweeps.modeled import Modeled
+
+        return Modeled()
+    return Timer()
 
 
 def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_providers=None, max_seqlen=None,
         measurer: Measurer | None = None) -> Path:
     """Measure ``specs`` into the CSV ``out``, resuming it. Raises NothingToRun when the selection is empty."""
+    measurer = measurer or default_measurer()
     gpu = not rt.INTERPRET
     skip_compile = wanted_providers is None and not gpu
     if skip_compile:
         wanted_providers = providers_but_compile(specs)  # compiling on a CPU: minutes
-    items = work_items(specs, gpu=gpu, dtypes=dtypes, modes=modes, wanted_providers=wanted_providers,
-                       max_seqlen=max_seqlen)
-    if not gpu:
-        print("No GPU: the kernels run under the Triton interpreter on the CPU, at tiny sizes. "
-              "These timings measure the interpreter, NOT kernel performance.", flush=True)
+    items = work_items(specs, gpu=measurer.real_sizes, dtypes=dtypes, modes=modes, wanted_providers=wanted_providers,
+                       max_seqlen=max_seqlen, stand_ins=measurer.stand_ins)
+    if measurer.notice:
+        print(measurer.notice, flush=True)
     if skip_compile:
         print("(torch.compile providers are skipped under the interpreter; name them with --providers to add them.)")
     store = Store(out)
@@ -58,14 +71,14 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
         print(f"resuming: {len(store.done)} finished rows in {out}"
               + (f"; {len(store.failed)} failed ones are retried where selected" if store.failed else ""))
 
-    sweep = _Sweep(store, measurer or Timer(), total=sum(len(item.providers) for item in items))
+    sweep = _Sweep(store, measurer, total=sum(len(item.providers) for item in items))
     for item in items:
         sweep.run(item)
     sweep.bar.close()
     if sweep.fns.unavailable:
         print("not available here, skipped: " + ", ".join(sweep.fns.unavailable))
     if sweep.written:
-        print(f"wrote {out} ({sweep.written} rows)" + ("" if gpu else "  (interpreter timings: not performance)"))
+        print(f"wrote {out} ({sweep.written} rows)")
     else:
         print(f"nothing new: every selected row is already in {out}")
     return out
@@ -87,7 +100,7 @@ class _Sweep:
 
     def run(self, item: WorkItem) -> None:
         """Measure, on one set of inputs, each provider of ``item`` the CSV has no finished row of."""
-        todo = [p for p in item.providers if not self.store.finished(item.columns(p))]
+        todo = [p for p in item.providers if not self.store.finished(self.key_columns(item, p))]
         self.bar.update(len(item.providers) - len(todo))
         if not todo:
             return
@@ -100,10 +113,13 @@ class _Sweep:
                 self.written += 1
             self.bar.update(1)
 
+    def key_columns(self, item: WorkItem, provider: str) -> dict:
+        return {**item.columns(provider), "device": self.measurer.device}
+
     def row(self, item: WorkItem, provider: str, fn, case) -> dict:
         """The row of ``provider`` on ``item``: its measurement, or the error that stopped it (``case`` or ``fn``
         may be the exception that kept it from being made)."""
-        row = {**item.columns(provider), **self.shared, "error": ""}
+        row = {**self.key_columns(item, provider), **self.shared, "error": ""}
         failure = next((x for x in (case, fn) if isinstance(x, Exception)), None)
         if failure is not None:
             row["error"] = _error_text(failure)
@@ -119,10 +135,10 @@ class _Sweep:
 
     def measured(self, item: WorkItem, provider: str, fn, case: Case) -> dict:
         """The measurer's columns, with the roofline's, ours' tuned configs and the speedup over eager."""
-        columns = self.measurer.measure(fn, case, item.mode)
+        columns = self.measurer.measure(fn, case, item.mode, provider=provider, spec=item.spec, key=item.case_key())
         ms = columns["ms"]
         columns.update(roofline(item, ms, self.ceilings), config=_config_of(item.spec) if provider == "ours" else "")
-        eager_ms = ms if provider == "eager" else self.store.eager_ms(item.columns(provider))
+        eager_ms = ms if provider == "eager" else self.store.eager_ms(self.key_columns(item, provider))
         columns["speedup"] = eager_ms / ms if eager_ms else None
         return columns
 
@@ -133,7 +149,8 @@ def roofline(item: WorkItem, ms: float, ceilings: dict) -> dict:
     spec = item.spec
     flops, nbytes = spec.flops(item.dims, item.mode), spec.bytes_moved(item.dims, item.dtype, item.mode)
     roof_ms = max(flops / (ceilings["matmul_tflops"] * 1e9), nbytes / (ceilings["copy_gbps"] * 1e6))
-    return {"tflops": flops / ms / 1e9, "gbps": nbytes / ms / 1e6, "pct_roofline": 100 * roof_ms / ms}
+    return {"tflops": flops / ms / 1e9, "gbps": nbytes / ms / 1e6, "pct_roofline": 100 * roof_ms / ms,
+            "flops_useful": flops, "bytes_min": nbytes}
 
 
 def _make_case(item: WorkItem):

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from kernels import _runtime as rt
-
 COLUMNS = [
     "op", "provider", "mode", "dtype", "seqlen", "params", "ms", "ms_p20", "ms_p80", "tflops", "gbps",
     "pct_roofline", "speedup", "peak_mb", "device", "torch", "triton", "commit", "timestamp", "config", "error",
     "copy_gbps", "matmul_tflops",
+    # counted work (kernels.count(); model rows, see sweeps/modeled.py): executed and least FLOPs and bytes
+    "flops_exec", "flops_useful", "bytes_exec", "bytes_min", "launches", "programs", "counted",
 ]
-KEY = ["op", "provider", "mode", "dtype", "seqlen", "params"]
+# device is part of a row's identity: a modeled row and a GPU row of the same case are two measurements
+KEY = ["op", "provider", "mode", "dtype", "seqlen", "params", "device"]
 
 
-def default_out(name: str) -> Path:
-    return Path(os.environ.get("SWEEP_OUT", "out")) / f"{name}-{'interpreter' if rt.INTERPRET else 'gpu'}.csv"
+def default_out(name: str, device: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in device).strip("-").lower()
+    return Path(os.environ.get("SWEEP_OUT", "out")) / f"{name}-{slug}.csv"
 
 
 def key_of(row) -> tuple:

@@ -21,13 +21,19 @@ from kernels.spec import Case
 class Timer:
     """Times each provider (``ms``, ``ms_p20``, ``ms_p80``, ``peak_mb``) against ceilings measured on this device."""
 
+    stand_ins: dict = {}
+
     def __init__(self):
         self.device = rt.backend()
+        self.real_sizes = not rt.INTERPRET
+        self.notice = ("" if self.real_sizes else
+                       "Interpreter timings: the kernels run under the Triton interpreter on the CPU, at tiny sizes. "
+                       "These timings measure the interpreter, NOT kernel performance.")
 
     def ceilings(self) -> dict:
         return measure_device()
 
-    def measure(self, fn, case: Case, mode: str) -> dict:
+    def measure(self, fn, case: Case, mode: str, **_) -> dict:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.synchronize()

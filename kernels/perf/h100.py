@@ -31,6 +31,9 @@ HBM_BYTES_PER_S = 3.0e12
 # measurement of this project; it matters only for ops of many tiny launches.
 LAUNCH_OVERHEAD_S = 4e-6
 
+# Streaming multiprocessors of an H100 SXM: persistent grids are sized by it while a model is counted.
+SMS = 132
+
 PEAK_FLOPS = {
     "bf16": TENSOR_16BIT_FLOPS,
     "fp16": TENSOR_16BIT_FLOPS,

@@ -25,8 +25,8 @@ def _block_n(n: int) -> int:
     return min(triton.next_power_of_2(n), MAX_FUSED_N)
 
 
-def _num_bwd_programs(n_rows: int) -> int:
-    return min(n_rows, 4 * rt.num_sms())
+_PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory latency
+
 
 
 class _Norm(torch.autograd.Function):
@@ -39,7 +39,7 @@ class _Norm(torch.autograd.Function):
         mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
         rstd = rt.empty((n_rows,), torch.float32, x.device)
         block_n = _block_n(n)
-        norm_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+        norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
             x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
             n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
             HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=block_n, SINGLE_TILE=block_n >= n,
@@ -55,15 +55,20 @@ class _Norm(torch.autograd.Function):
         n_rows, n = x2.shape
         dx = rt.empty(x.shape, x.dtype, x.device)
         dx2 = dx.view(-1, n)
-        n_progs = max(_num_bwd_programs(n_rows), 1)
-        # The partial buffers start at zero: the looped path accumulates into them.
-        dw_partial = torch.zeros((n_progs, n), dtype=torch.float32, device=x.device) if weight is not None else rstd
-        db_partial = torch.zeros((n_progs, n), dtype=torch.float32, device=x.device) if bias is not None else rstd
+        # One program per SM: each partial row costs a write and a read of n fp32, so fewer programs than the
+        # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
+        # path accumulates into its partial rows, which must then start at zero.
+        n_progs = max(min(n_rows, rt.num_sms()), 1)
+        single_tile = _block_n(n) >= n
+        partial = rt.empty if single_tile else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype,
+                                                                                          device=device))
+        dw_partial = partial((n_progs, n), torch.float32, x.device) if weight is not None else rstd
+        db_partial = partial((n_progs, n), torch.float32, x.device) if bias is not None else rstd
         norm_bwd[(n_progs,)](
             x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
             n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
             HAS_W=weight is not None, HAS_B=bias is not None, RMS=ctx.rms, OUT_DTYPE_ROUND=ctx.rms,
-            BLOCK_N=_block_n(n), SINGLE_TILE=_block_n(n) >= n,
+            BLOCK_N=_block_n(n), SINGLE_TILE=single_tile,
         )
         dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_partial.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None

@@ -13,9 +13,10 @@ Statistics are fp32 whatever x's dtype; per-row mean and rstd are saved for the 
 Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm), g = dy * weight:
     dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (the mean(g) term is LayerNorm's only)
     dweight = sum_rows dy * xhat,   dbias = sum_rows dy
-The backward grid is persistent-ish: a fixed number of programs each walk a strided set of row tiles and keep
-their dweight/dbias partial sums in registers, writing one partial row per program at the end; the partials
-are summed afterwards (deterministic, no atomics).
+Both grids are persistent: a fixed number of programs (a few per SM) each walk a strided set of row tiles, so
+weight and bias are read once per program rather than once per row tile, and the backward keeps each program's
+dweight/dbias partial sums in registers, writing one partial row per program at the end; the partials are summed
+afterwards (deterministic, no atomics).
 """
 
 import triton
@@ -43,7 +44,29 @@ def norm_fwd(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # A persistent grid: program pid takes row tiles pid, pid + n_progs, ... When a row fits one tile, weight and
+    # bias are loaded once per program and stay in registers for all its rows, instead of once per row tile.
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols0 = tl.arange(0, BLOCK_N)
+    w = tl.full([BLOCK_N], 1.0, tl.float32)
+    b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if SINGLE_TILE:
+        if HAS_W:
+            w = tl.load(W + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
+        if HAS_B:
+            b = tl.load(B + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
+    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
+        _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn,
+                       eps, HAS_W, HAS_B, RMS, BLOCK_N, SINGLE_TILE, BLOCK_M)
+
+
+@triton.jit
+def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
+                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
+                   BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Normalise one tile of BLOCK_M rows (w, b: the preloaded weight and bias when SINGLE_TILE)."""
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     rows64 = rows.to(tl.int64)  # row * stride can pass 2^31 on big activations
     x_row = X + rows64[:, None] * stride_xm
@@ -101,10 +124,16 @@ def norm_fwd(
         if RMS:
             # HF rounds the normalised x to x's dtype before the weight multiplies it.
             xhat = xhat.to(Y.dtype.element_ty).to(tl.float32)
-        if HAS_W:
-            xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_B:
-            xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if SINGLE_TILE:
+            if HAS_W:
+                xhat *= w[None, :]
+            if HAS_B:
+                xhat += b[None, :]
+        else:
+            if HAS_W:
+                xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_B:
+                xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
 
 
