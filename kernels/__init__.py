@@ -8,8 +8,8 @@ from ._runtime import INTERPRET, backend, force_config  # noqa: F401  (first: se
 from .ops.attention import attention  # noqa: F401
 from .ops.layer_norm import layer_norm, rms_norm  # noqa: F401
 from .ops.mlp import mlp, squared_relu_mlp  # noqa: F401
-from .moe import moe  # noqa: F401
+from .ops.moe import moe  # noqa: F401
 from .registry import OPS  # noqa: F401
 from .ops.rope import partial_rope, partial_rope_qk  # noqa: F401
-from .routing import topk_routing  # noqa: F401
+from .ops.routing import topk_routing  # noqa: F401
 from .perf import count, count_torch  # noqa: F401,E402
