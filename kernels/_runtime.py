@@ -148,8 +148,6 @@ class Tuned:
 
 def find_config(configs, named: dict | None, kernel_name: str):
     """The one config of ``configs`` that ``named`` describes (see :class:`Tuned`); a typo fails at import."""
-    if isinstance(named, int) or (named is None and len(configs) > 1):  # TRANSITION: ops not yet moved
-        return configs[named or 0]
     if named is None:
         if len(configs) != 1:
             raise ValueError(f"{kernel_name}: {len(configs)} configs, so a default config must be named")

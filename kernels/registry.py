@@ -17,12 +17,5 @@ OP_PACKAGES = [
 ]
 
 
-
-def _spec_module(package):
-    try:
-        return importlib.import_module(f"kernels.ops.{package}.spec")
-    except ModuleNotFoundError:  # TRANSITION: an op not yet moved into its folder
-        return importlib.import_module(f"kernels.{package}")
-
-
-OPS = {spec.name: spec for package in OP_PACKAGES for spec in _spec_module(package).SPECS}
+OPS = {spec.name: spec for package in OP_PACKAGES
+       for spec in importlib.import_module(f"kernels.ops.{package}.spec").SPECS}

@@ -2,15 +2,14 @@
 GEMM tile height, determinism, HF transformers' OlmoeSparseMoeBlock with the same weights, the grouped_mm peer,
 the forward-only guard, and NaN propagation (a token with NaN in x or NaN logits gets a NaN row)."""
 
-import importlib
-
 import pytest
 import torch
 
 from kernels import _runtime as rt
 from kernels import moe
-
-M = importlib.import_module("kernels.moe")  # `kernels.moe` the attribute is the function
+from kernels.ops.moe.api import _moe_forward, moe_dispatch
+from kernels.ops.moe.reference import moe_grouped_mm, moe_reference
+from kernels.ops.moe.spec import _make_case
 DEV = rt.DEVICE
 
 
@@ -29,7 +28,7 @@ def _distinct_ids(tokens, k, experts, seed):
 
 
 def _check_dispatch(ids, experts, block_m):
-    d = M.moe_dispatch(ids.to(DEV), experts, block_m)
+    d = moe_dispatch(ids.to(DEV), experts, block_m)
     tokens, k = ids.shape
     n_pairs = tokens * k
     flat = ids.reshape(-1).long().cpu()
@@ -57,7 +56,7 @@ def _check_dispatch(ids, experts, block_m):
     rows = (used >= 0).nonzero().flatten()
     assert torch.equal(pair_rows[used[rows]], rows)
     # deterministic: the same bits again
-    d2 = M.moe_dispatch(ids.to(DEV), experts, block_m)
+    d2 = moe_dispatch(ids.to(DEV), experts, block_m)
     assert all(torch.equal(a[: offsets[-1]] if i == 0 else a, b[: offsets[-1]] if i == 0 else b)
                for i, (a, b) in enumerate(zip(d[:4], d2[:4])))
     return d
@@ -96,11 +95,11 @@ def test_dispatch_int32_strided_repeats_and_one_token():
 
 def test_dispatch_bad_arguments():
     with pytest.raises(ValueError, match="block_m"):
-        M.moe_dispatch(torch.zeros(2, 2, dtype=torch.int64, device=DEV), 4, 24)
+        moe_dispatch(torch.zeros(2, 2, dtype=torch.int64, device=DEV), 4, 24)
     with pytest.raises(ValueError, match="expert_ids"):
-        M.moe_dispatch(torch.zeros(2, 2, device=DEV), 4, 16)
+        moe_dispatch(torch.zeros(2, 2, device=DEV), 4, 16)
     with pytest.raises(ValueError, match="num_experts"):
-        M.moe_dispatch(torch.zeros(2, 2, dtype=torch.int64, device=DEV), 0, 16)
+        moe_dispatch(torch.zeros(2, 2, dtype=torch.int64, device=DEV), 0, 16)
 
 
 # ------------------------------------------------------------------------------------------------ the layer
@@ -108,9 +107,9 @@ def test_dispatch_bad_arguments():
 
 def _case(dtype=torch.float32, contiguous=True, seed=0, **dims):
     dims = {"tokens": 9, "hidden": 24, "inner": 16, "experts": 8, "k": 2} | dims
-    case = M._make_case(dims, torch.float64, DEV, contiguous=contiguous, seed=seed)
+    case = _make_case(dims, torch.float64, DEV, contiguous=contiguous, seed=seed)
     ours = [a.to(dtype) for a in case.args]
-    ref = M.moe_reference(*[a.double() for a in ours], **case.kwargs)
+    ref = moe_reference(*[a.double() for a in ours], **case.kwargs)
     return ours, case.kwargs, ref
 
 
@@ -130,7 +129,7 @@ def test_skewed_and_degenerate_routing(dims):
 def test_every_gemm_tile_height(block_m):
     """BLOCK_M is the dispatch's padding, chosen by the wrapper (16 here, 64/128 on a GPU): run them all."""
     ours, kwargs, ref = _case(contiguous=False, tokens=20, experts=4, k=2, hot=1)  # one expert gets 20 rows
-    out = M._moe_forward(*ours, kwargs["k"], kwargs["normalize"], block_m=block_m)
+    out = _moe_forward(*ours, kwargs["k"], kwargs["normalize"], block_m=block_m)
     assert _rel(out, ref) < 1e-5
 
 
@@ -167,7 +166,7 @@ def test_matches_hf_olmoe_sparse_moe_block(normalize):
                   block.experts.down_proj.to(DEV), k=k, normalize=normalize)
     assert out.shape == hf.shape
     assert _rel(out.cpu(), hf) < 1e-4
-    ref = M.moe_reference(x.double(), block.gate.weight.double(), block.experts.gate_up_proj.double(),
+    ref = moe_reference(x.double(), block.gate.weight.double(), block.experts.gate_up_proj.double(),
                           block.experts.down_proj.double(), k=k, normalize=normalize)
     assert _rel(hf, ref) < 1e-5, "moe_reference is HF's block"
 
@@ -177,7 +176,7 @@ def test_grouped_mm_peer():
     ours, kwargs, ref = _case(experts=8, k=2, tokens=12, hidden=32, inner=16)
     if ours[0].is_cuda:
         ours = [a.bfloat16() for a in ours]
-    assert _rel(M.moe_grouped_mm(*ours, **kwargs), ref) < (1e-5 if ours[0].dtype == torch.float32 else 2e-2)
+    assert _rel(moe_grouped_mm(*ours, **kwargs), ref) < (1e-5 if ours[0].dtype == torch.float32 else 2e-2)
 
 
 def test_raises_where_a_gradient_is_required():
@@ -212,7 +211,7 @@ def test_nan_in_x_gives_that_token_a_nan_row(zero_filled_outputs, experts, k, no
     out = moe(x, *ours[1:], **kwargs)
     assert out[bad].isnan().all()
     assert torch.isfinite(out[~bad]).all()
-    ref = M.moe_reference(*[a.double() for a in (x, *ours[1:])], **kwargs)
+    ref = moe_reference(*[a.double() for a in (x, *ours[1:])], **kwargs)
     assert ref[bad].isnan().all(), "the reference keeps the same contract"
     assert _rel(out[~bad], ref[~bad]) < (1e-5 if dtype == torch.float32 else 2e-3)
 
@@ -231,5 +230,5 @@ def test_nan_logits_give_nan_rows(zero_filled_outputs, where, dtype):
         router[6] = float("nan")
     out = moe(ours[0], router, *ours[2:], **kwargs)
     assert out.isnan().all()
-    ref = M.moe_reference(*[a.double() for a in (ours[0], router, *ours[2:])], **kwargs)
+    ref = moe_reference(*[a.double() for a in (ours[0], router, *ours[2:])], **kwargs)
     assert ref.isnan().all()

@@ -7,7 +7,7 @@ import torch
 
 from kernels import _runtime as rt
 from kernels import topk_routing
-from kernels.routing import topk_routing_reference, torch_softmax_topk
+from kernels.ops.routing.reference import topk_routing_reference, torch_softmax_topk
 
 DEV = rt.DEVICE
 

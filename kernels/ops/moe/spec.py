@@ -1,0 +1,173 @@
+"""The MoE layer described for tests and sweeps: inputs kept clear of routing near-ties (hot experts on demand),
+shapes drawn by hypothesis, FLOPs and bytes, tolerances, the grouped_mm peer, bad inputs, examples."""
+
+from __future__ import annotations
+
+import torch
+
+from ...spec import BadInput, Case, OpSpec, call
+from .api import moe
+from .kernel import moe_router
+from .kernel_gemm import moe_combine, moe_down, moe_gate_up
+from .reference import moe_grouped_mm, moe_reference
+
+
+def _separate_routing(x, router, k, shift, g, margin=1e-4):
+    """Redraw the tokens whose k-th and (k+1)-th logits are within ``margin`` (relative) of each other.
+
+    Which experts a token goes to is a discontinuous function of the logits: where the k-th and (k+1)-th are
+    nearly equal, a rounding-level difference (fp32 accumulation here vs the float64 reference: ~1e-6) swaps an
+    expert and moves that token's output by O(1). Both answers are right, and no norm-based tolerance can tell
+    them apart, so test inputs keep every token at least ``margin`` (100x the accumulation error) from such a
+    tie, in every dtype a test casts them to. (Exact ties and their rule are topk_routing's tests.)
+    """
+    if k == router.shape[0]:
+        return x
+    rows = x.view(-1, x.shape[-1])
+    for _ in range(10):
+        near = torch.zeros(rows.shape[0], dtype=torch.bool)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            z = rows.to(dtype).double() @ router.to(dtype).double().t()
+            top = z.topk(k + 1, dim=-1).values
+            near |= (top[:, k - 1] - top[:, k]) < margin * top[:, k - 1].abs().clamp(min=1)
+        if not near.any():
+            break
+        rows[near] = torch.randn(int(near.sum()), rows.shape[1], generator=g, dtype=rows.dtype) + shift
+    return x
+
+
+def _make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0):
+    """dims: tokens (the sweeps give seqlen instead), hidden, inner, experts, k; optional batch (a leading dim),
+    normalize, and hot: that many experts get a large router bias, so every token routes to them (hot >= k: the
+    other experts stay empty)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    t, hd, inner, n_e, batch = _tokens(dims), dims["hidden"], dims["inner"], dims["experts"], dims.get("batch")
+    x = torch.randn(*((batch, t) if batch else (t,)), hd, generator=g)
+    router = torch.randn(n_e, hd, generator=g) / hd**0.5  # logits ~ N(0, 1)
+    hot = dims.get("hot", 0)
+    shift = 1.0 if hot else 0.0
+    if hot:
+        # x gets a common offset of 1 per feature and the hot experts' rows a bias of 12/hidden per feature:
+        # their logits rise by ~12 (the logit noise is ~1.4), far above every cold expert.
+        x = x + shift
+        router[torch.randperm(n_e, generator=g)[:hot]] += 12.0 / hd
+    if x.numel() <= 1 << 22:  # test sizes; a sweep's timing does not care which expert wins a near-tie
+        x = _separate_routing(x, router, dims["k"], shift, g)
+    gate_up = torch.randn(n_e, 2 * inner, hd, generator=g) / hd**0.5
+    down = torch.randn(n_e, hd, inner, generator=g) / inner**0.5
+    if not contiguous:
+        # feature-major / transposed storage: dense permuted views, whose strides survive dtype casts
+        x = x.movedim(-1, 0).contiguous().movedim(0, -1)
+        router = router.t().contiguous().t()
+        gate_up = gate_up.transpose(1, 2).contiguous().transpose(1, 2)
+        down = down.transpose(1, 2).contiguous().transpose(1, 2)
+    args = tuple(a.to(device=device, dtype=dtype).requires_grad_(requires_grad) for a in (x, router, gate_up, down))
+    return Case(args, {"k": dims["k"], "normalize": dims.get("normalize", False)})
+
+
+def _dims(big):
+    from hypothesis import strategies as st  # test tooling: imported only when a test asks for the strategy
+
+    @st.composite
+    def draw_dims(draw):
+        experts = draw(st.sampled_from([8, 13, 60, 64] + ([128, 256] if big else [])))
+        k = draw(st.one_of(st.integers(1, min(experts, 8)), st.just(min(experts, 8))))
+        dims = {
+            "tokens": draw(st.one_of(st.integers(1, 2048 if big else 20), st.sampled_from([1, 7, 17]))),
+            "hidden": draw(st.one_of(st.integers(1, 512 if big else 48), st.sampled_from([16, 37]))),
+            "inner": draw(st.one_of(st.integers(1, 512 if big else 32), st.sampled_from([16, 23]))),
+            "experts": experts,
+            "k": k,
+            "normalize": draw(st.booleans()),
+            "hot": draw(st.sampled_from([0, 0, 1, k, min(2 * k, experts)])),
+        }
+        if draw(st.booleans()):
+            dims["batch"] = draw(st.integers(1, 2))
+        return dims
+
+    return draw_dims()
+
+
+_OLMOE = {"hidden": 2048, "inner": 1024, "experts": 64, "k": 8}
+
+
+def _tokens(dims):
+    return dims["tokens"] if "tokens" in dims else dims["seqlen"]
+
+
+def _sweep_cases(gpu):
+    if not gpu:
+        return [{"seqlen": s, "hidden": 32, "inner": 16, "experts": 8, "k": 2, "hot": 0} for s in (8, 16)]
+    seqlens = [512 * 2**i for i in range(7)]  # 512 .. 32768 tokens
+    # hot=8: the skewed case, every token routed to the same 8 experts, 56 experts idle
+    return [dict(_OLMOE, seqlen=s, hot=hot) for hot in (0, 8) for s in seqlens]
+
+
+def _flops(dims, mode):
+    t, hd, inner, n_e, k = _tokens(dims), dims["hidden"], dims["inner"], dims["experts"], dims["k"]
+    return 2 * t * hd * n_e + 2 * t * k * 3 * inner * hd  # router + gate/up + down (forward only)
+
+
+def _bytes(dims, dtype, mode):
+    size = torch.finfo(dtype).bits // 8
+    t, hd, inner, n_e, k = _tokens(dims), dims["hidden"], dims["inner"], dims["experts"], dims["k"]
+    used = min(n_e, t * k) if not dims.get("hot") else min(n_e, max(dims["hot"], k))
+    return size * (2 * t * hd + n_e * hd + used * 3 * inner * hd)  # x in, out, router, the used experts
+
+
+def _peer_grouped_mm():
+    return moe_grouped_mm if hasattr(torch, "_grouped_mm") else None
+
+
+def _bad_inputs():
+    x, r, gu, dn = torch.randn(5, 16), torch.randn(8, 16), torch.randn(8, 24, 16), torch.randn(8, 16, 12)
+    bad = [
+        BadInput("int x", call(x.int(), r, gu, dn, k=2), TypeError, "x must be float"),
+        BadInput("router hidden", call(x, torch.randn(8, 15), gu, dn, k=2), ValueError, "router_weight must have shape"),
+        BadInput("router rank", call(x, torch.randn(8), gu, dn, k=2), ValueError, "router_weight must have rank"),
+        BadInput("gate_up experts", call(x, r, torch.randn(7, 24, 16), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("gate_up inner", call(x, r, torch.randn(8, 22, 16), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("gate_up hidden", call(x, r, torch.randn(8, 24, 15), dn, k=2), ValueError, "gate_up must have shape"),
+        BadInput("down hidden", call(x, r, gu, torch.randn(8, 15, 12), k=2), ValueError, "down must have shape"),
+        BadInput("down experts", call(x, r, gu, torch.randn(9, 16, 12), k=2), ValueError, "down must have shape"),
+        BadInput("down dtype", call(x, r, gu, dn.half(), k=2), TypeError, "down has dtype"),
+        BadInput("k zero", call(x, r, gu, dn, k=0), ValueError, "k must be"),
+        BadInput("k > experts", call(x, r, gu, dn, k=9), ValueError, "k must be"),
+        BadInput("too many experts", call(x, torch.randn(257, 16), torch.randn(257, 24, 16),
+                                          torch.randn(257, 16, 12), k=2), ValueError, "router_weight must have 1.."),
+        BadInput("requires grad", call(x.clone().requires_grad_(), r, gu, dn, k=2), NotImplementedError, "no backward"),
+    ]
+    if torch.cuda.is_available():
+        bad.append(BadInput("devices", lambda: Case((x.detach().cuda(), r, gu, dn), {"k": 2}), ValueError,
+                            "router_weight is on cpu"))
+    return tuple(bad)
+
+
+MOE = OpSpec(
+    name="moe",
+    fn=moe,
+    reference=moe_reference,
+    make_case=_make_case,
+    dims=_dims,
+    config_dims={"tokens": 19, "hidden": 40, "inner": 24, "experts": 12, "k": 4, "hot": 3, "normalize": True},
+    sweep_cases=_sweep_cases,
+    flops=_flops,
+    bytes_moved=_bytes,
+    tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
+    grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},  # unused: forward only
+    kernels=(moe_router, moe_gate_up, moe_down, moe_combine),
+    examples=(
+        {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
+        {"tokens": 17, "hidden": 24, "inner": 16, "experts": 64, "k": 8, "hot": 8},  # all to 8 experts, 56 idle
+        {"tokens": 1, "hidden": 7, "inner": 5, "experts": 8, "k": 8, "normalize": True},  # one token, k = E
+        {"tokens": 3, "hidden": 16, "inner": 16, "experts": 256, "k": 2, "batch": 2},  # MAX_EXPERTS
+    ),
+    peers={"grouped_mm": _peer_grouped_mm},
+    bad_inputs=_bad_inputs(),
+    modes=("fwd",),
+    # The reference loops in Python over the experts that were hit, with data-dependent shapes (nonzero, where):
+    # torch.compile graph-breaks and recompiles on it, so it is no meaningful baseline.
+    compile_reference=False,
+)
+
+SPECS = (MOE,)
