@@ -198,7 +198,10 @@ def empty(shape, dtype, device) -> torch.Tensor:
     """``torch.empty`` for kernel outputs; poisoned while tests ask for it."""
     out = torch.empty(shape, dtype=dtype, device=device)
     if _poison:
-        out.fill_(float("nan") if out.is_floating_point() else -1)
+        from .perf.counters import uncounted  # the fill is the tests' check, not the kernel's work
+
+        with uncounted():
+            out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
 
 

@@ -152,6 +152,9 @@ def norm_bwd(
     # row of the partial buffers (no other program touches it, so plain load/add/store is race-free).
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    w = tl.full([BLOCK_N], 1.0, tl.float32)  # the weight, loaded once per program when a row fits one tile
+    if SINGLE_TILE and HAS_W:
+        w = tl.load(W + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
     for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
@@ -164,8 +167,8 @@ def norm_bwd(
             pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
             mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
         if SINGLE_TILE:  # the row tile is loaded once and kept in registers for both the sums and dx
-            xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, cols0, pivot, mean, rstd, N, stride_xm,
-                                            stride_xn, stride_dym, stride_dyn, HAS_W)
+            xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols0, pivot, mean, rstd, N, stride_xm,
+                                            stride_xn, stride_dym, stride_dyn, HAS_W, True)
             c1 = tl.sum(g * xhat, axis=1) / N
             c2 = tl.sum(g, axis=1) / N
             dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols0, col_ok, stride_dxm, stride_dxn,
@@ -177,8 +180,8 @@ def norm_bwd(
             sum_gx = tl.zeros([BLOCK_M], dtype=tl.float32)
             sum_g = tl.zeros([BLOCK_M], dtype=tl.float32)
             for start in range(0, N, BLOCK_N):
-                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, start + cols0, pivot, mean, rstd, N,
-                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W)
+                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, start + cols0, pivot, mean, rstd, N,
+                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
                 sum_gx += tl.sum(g * xhat, axis=1)
                 sum_g += tl.sum(g, axis=1)
             c1 = sum_gx / N
@@ -186,8 +189,8 @@ def norm_bwd(
             # pass 2: dx, and the weight/bias partials, accumulated in this program's own partial rows
             for start in range(0, N, BLOCK_N):
                 cols = start + cols0
-                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, rows64, row_ok, cols, pivot, mean, rstd, N,
-                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W)
+                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols, pivot, mean, rstd, N,
+                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
                 dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm,
                                  stride_dxn, RMS, OUT_DTYPE_ROUND)
                 if HAS_W:
@@ -204,9 +207,10 @@ def norm_bwd(
 
 
 @triton.jit
-def _bwd_tile(X, DY, W, rows64, row_ok, cols, pivot, mean, rstd, N, stride_xm, stride_xn, stride_dym, stride_dyn,
-              HAS_W: tl.constexpr):
-    """One (rows, cols) tile of the backward's inputs: xhat, dy and g = dy * weight in fp32 (zero off the edge)."""
+def _bwd_tile(X, DY, W, w, rows64, row_ok, cols, pivot, mean, rstd, N, stride_xm, stride_xn, stride_dym, stride_dyn,
+              HAS_W: tl.constexpr, W_LOADED: tl.constexpr):
+    """One (rows, cols) tile of the backward's inputs: xhat, dy and g = dy * weight in fp32 (zero off the edge);
+    ``w`` is the weight already in registers when W_LOADED, else it is loaded for these columns."""
     col_ok = cols < N
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
@@ -215,7 +219,9 @@ def _bwd_tile(X, DY, W, rows64, row_ok, cols, pivot, mean, rstd, N, stride_xm, s
     dy = dy.to(tl.float32)
     g = dy
     if HAS_W:
-        g = g * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if not W_LOADED:
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        g = g * w[None, :]
     return xhat, dy, g, col_ok
 
 

@@ -52,10 +52,13 @@ class _Routing(torch.autograd.Function):
         ctx.save_for_backward(z, ids)
         ctx.normalize = normalize
         ctx.mark_non_differentiable(ids)
+        ctx.set_materialize_grads(False)  # the ids' gradient is never used: no zero tensor is made for it
         return weights, ids
 
     @staticmethod
     def backward(ctx, dw, _dids):
+        if dw is None:
+            return None, None, None
         z, ids = ctx.saved_tensors
         n_rows, n_experts = z.shape
         dz = rt.empty(z.shape, z.dtype, z.device)

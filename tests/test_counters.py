@@ -1,0 +1,231 @@
+"""The counters (``kernels.count()``) and what they lock in: counts that are right on kernels whose work is known
+by hand, block skipping in attention, traffic near the least for the memory-bound ops, GEMM tiles read as often
+as their tiling implies, and the eager reference counted by the same rules.
+
+Every count here is of kernels running under the interpreter; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import kernels
+from kernels import OPS
+from kernels import _runtime as rt
+from kernels.ops.attention import kernel as attn_kernel
+from kernels.ops.attention import kernel_bwd as attn_kernel_bwd
+from kernels.ops.attention.spec import visible_pairs
+from kernels.perf import h100
+
+pytestmark = pytest.mark.skipif(not rt.INTERPRET, reason="the counters run under the Triton interpreter")
+
+
+# ------------------------------------------------------------------------------------------------ the counters
+
+
+@triton.jit
+def _masked_copy(X, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
+
+
+@triton.jit
+def _tile_dot(A, B, C, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    a = tl.load(A + offs[:, None] * BLOCK + offs[None, :])
+    b = tl.load(B + offs[:, None] * BLOCK + offs[None, :])
+    tl.store(C + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, b))
+
+
+def test_loads_and_stores_count_only_unmasked_elements():
+    x = torch.randn(1000, dtype=torch.float16)
+    y = torch.empty_like(x)
+    with kernels.count() as c:
+        _masked_copy[(triton.cdiv(1000, 256),)](x, y, 1000, BLOCK=256)  # 4 programs, 24 lanes masked off
+    assert torch.equal(x, y)
+    assert (c.launches, c.programs, c.bytes_read, c.bytes_written, c.flops) == (1, 4, 2000, 2000, 0)
+    assert c.by_kernel()["_masked_copy"].launches == 1
+
+
+def test_a_dot_counts_2mnk_per_call_and_its_input_class():
+    a, b = torch.randn(32, 32), torch.randn(32, 32)
+    a16, b16 = a.half(), b.half()
+    out = torch.empty(32, 32)
+    with kernels.count() as c:
+        _tile_dot[(3,)](a16, b16, out, BLOCK=32)
+        _tile_dot[(1,)](a, b, out, BLOCK=32)
+    fp16, fp32 = c.records
+    assert dict(fp16.dot_flops) == {"fp16": 3 * 2 * 32**3}
+    assert dict(fp32.dot_flops) == {"fp32-tf32": 2 * 32**3}  # no input_precision: the GPU's default, TF32
+    torch.testing.assert_close(out, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_scales_uniform_grids_exactly_and_runs_fewer_programs():
+    x = torch.randn(64 * 256)
+    y = torch.full_like(x, float("nan"))
+    with kernels.count(sample=8) as c:
+        _masked_copy[(64,)](x, y, x.numel(), BLOCK=256)
+    (launch,) = c.records
+    assert (launch.programs, launch.programs_run) == (64, 8)
+    assert (c.bytes_read, c.bytes_written) == (x.numel() * 4, x.numel() * 4)
+    assert torch.isnan(y).sum() == 56 * 256  # the programs not run wrote nothing
+
+
+def test_aten_ops_are_counted_outside_triton_launches_only():
+    x = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(32, 16)
+    with kernels.count() as c:
+        (x @ w).relu().sum().backward()
+    names = [r.kernel for r in c.records]
+    assert "mm" in names and "relu" in names and "t" not in names  # views launch nothing
+    assert c.flops == 2 * (2 * 64 * 32 * 16)  # the forward's mm and the backward's dx (w needs no gradient)
+
+
+def test_nested_counters_each_see_everything():
+    x = torch.randn(512)
+    with kernels.count() as outer:
+        with kernels.count() as inner:
+            _masked_copy[(2,)](x, torch.empty_like(x), 512, BLOCK=256)
+        _masked_copy[(2,)](x, torch.empty_like(x), 512, BLOCK=256)
+    assert (inner.launches, outer.launches) == (1, 2)
+
+
+def test_the_model_is_max_of_compute_and_memory_plus_launch():
+    launch = kernels.perf.Launch("k", bytes_read=int(3e9), bytes_written=0)
+    launch.dot_flops["bf16"] = int(798e12 * 2e-3)  # 2 ms of compute against 1 ms of memory
+    assert h100.launch_seconds(launch) == pytest.approx(2e-3 + h100.LAUNCH_OVERHEAD_S)
+
+
+# ------------------------------------------------------------------------------------------------ block skipping
+
+
+def _attention_case(n, head_dim, requires_grad):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 1, n, head_dim, generator=g, dtype=torch.float16).requires_grad_(requires_grad)
+            for _ in range(3)]
+
+
+# Dot products of length head_dim per (query, key) pair, each 2 * head_dim FLOPs: the forward computes q.k and
+# p.v (2); dK/dV recomputes q.k and forms dv, dp and dk (4); dQ recomputes q.k and forms dp and dq (3).
+DOTS_PER_PAIR = {"attn_fwd": 2, "attn_bwd_dkdv": 4, "attn_bwd_dq": 3}
+
+
+@pytest.mark.parametrize("window", [None, 256, 1024])
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_attention_computes_only_tiles_with_visible_pairs(window, mode):
+    """N = 4096, head dim 64, causal: every kernel's executed pairs (its counted dot FLOPs / FLOPs per pair) are
+    at least the visible pairs and at most those plus what tiles at the mask's edges add.
+
+    The bound, per block of R resident rows (queries in the forward and dQ, keys in dK/dV) streaming S-row tiles:
+    the rows of a block see a band of keys R - 1 wider than one row sees (at most R * (R - 1) pairs beyond the
+    visible ones), and the band's two ends round out to whole S-tiles (at most 2 * R * (S - 1) more). So
+    executed <= visible + blocks * R * (R + 2 * S). Without block skipping — computing every tile up to the
+    diagonal — the window's cases run 4 to 8 times the visible pairs and fail this by millions.
+    """
+    n, d = 4096, 64
+    q, k, v = _attention_case(n, d, requires_grad=mode == "bwd")
+    visible = visible_pairs(n, n, causal=True, window=window)
+    with kernels.count() as fwd:
+        out = kernels.attention(q, k, v, window=window)
+    counter = fwd
+    if mode == "bwd":
+        with kernels.count() as counter:
+            out.backward(torch.ones_like(out))
+    tuned = {"attn_fwd": attn_kernel.attn_fwd, "attn_bwd_dkdv": attn_kernel_bwd.attn_bwd_dkdv,
+             "attn_bwd_dq": attn_kernel_bwd.attn_bwd_dq}
+    checked = 0
+    for name, sub in counter.by_kernel().items():
+        if name not in DOTS_PER_PAIR:
+            continue
+        config = tuned[name].last_config().kwargs
+        resident, streamed = ((config["BLOCK_N"], config["BLOCK_M"]) if name == "attn_bwd_dkdv"
+                              else (config["BLOCK_M"], config["BLOCK_N"]))
+        executed = sub.flops / (DOTS_PER_PAIR[name] * 2 * d)
+        bound = visible + math.ceil(n / resident) * resident * (resident + 2 * streamed)
+        assert visible <= executed <= bound, (
+            f"{name}: {executed:.0f} pairs executed, visible {visible}, tile bound {bound} "
+            f"(resident {resident}, streamed {streamed})")
+        checked += 1
+    assert checked == (1 if mode == "fwd" else 2)
+
+
+# ------------------------------------------------------------------------------------------------ traffic
+
+
+MEMORY_BOUND = {  # op -> dims of a real-sized call that spans many programs
+    "layer_norm": {"seqlen": 16384, "hidden": 1024},
+    "rms_norm": {"seqlen": 16384, "hidden": 4096},
+    "partial_rope": {"batch": 1, "heads": 32, "seqlen": 4096, "head_dim": 128, "rotary_fraction": 0.5},
+    "topk_routing": {"seqlen": 16384, "experts": 64, "k": 8},
+}
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+@pytest.mark.parametrize("name", list(MEMORY_BOUND))
+def test_memory_bound_ops_move_near_the_least_bytes(name, mode):
+    """bytes_exec <= 1.1 x the op's least bytes (its spec's bytes_moved), counted with the H100's grid (132 SMs)
+    and 64 programs of a launch run (their work is uniform, so the scaling is exact)."""
+    spec, dims = OPS[name], MEMORY_BOUND[name]
+    case = spec.make_case(dims, torch.float16, rt.DEVICE, requires_grad=mode == "bwd")
+    with rt.modeled_sms(h100.SMS):
+        with kernels.count(sample=64) as fwd:
+            outs = spec.fn(*case.args, **case.kwargs)
+        counter = fwd
+        if mode == "bwd":
+            outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o.requires_grad]
+            cotangents = [torch.ones_like(o) for o in outs]
+            with kernels.count(sample=64) as counter:
+                torch.autograd.grad(outs, case.grad_inputs(), cotangents)
+    least = spec.bytes_moved(dims, torch.float16, mode)
+    assert counter.bytes <= 1.1 * least, f"{name} {mode}: {counter.bytes} bytes moved, least {least:.0f}\n" + \
+        counter.summary()
+
+
+def test_mlp_gemms_read_each_operand_tile_as_often_as_the_tiling_implies():
+    """A GEMM (M, K) x (K, N) in BLOCK_M x BLOCK_N output tiles: each program reads one (BLOCK_M, K) strip of the
+    activations and one (K, BLOCK_N) strip of the weight — whole strips even at the edges, where the kernel wraps
+    around rather than masking — and its BLOCK_N slice of the bias. So the weight is read once per row of tiles
+    (ceil(M / BLOCK_M) times) and the activations once per column of tiles (ceil(N / BLOCK_N) times)."""
+    from kernels.ops.mlp import kernel as mlp_kernel
+
+    tokens, hidden, inner = 256, 128, 384  # inner: one and a half column tiles of 256
+    x = torch.randn(tokens, hidden, dtype=torch.float16)
+    w_in, w_out = torch.randn(inner, hidden, dtype=torch.float16), torch.randn(hidden, inner, dtype=torch.float16)
+    b_in, b_out = torch.randn(inner, dtype=torch.float16), torch.randn(hidden, dtype=torch.float16)
+    with kernels.count() as c:
+        kernels.mlp(x, w_in, b_in, w_out, b_out)
+    config = mlp_kernel.gemm.last_config().kwargs
+    block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
+    up, down = c.by_kernel()["gemm"].records
+    for launch, (m, k, n) in ((up, (tokens, hidden, inner)), (down, (tokens, inner, hidden))):
+        row_tiles, col_tiles = math.ceil(m / block_m), math.ceil(n / block_n)
+        weight_reads = row_tiles * (col_tiles * block_n) * k
+        activation_reads = col_tiles * (row_tiles * block_m) * k
+        bias_reads = row_tiles * n
+        assert launch.bytes_read == 2 * (weight_reads + activation_reads + bias_reads), (launch, config)
+        assert launch.bytes_written == 2 * m * n  # the output, once
+        assert launch.flops == 2 * (row_tiles * block_m) * (col_tiles * block_n) * k
+
+
+# ------------------------------------------------------------------------------------------------ eager
+
+
+def test_eager_attention_is_counted_with_its_score_matrix():
+    """The eager reference materialises the (N, N) scores: its counted bytes are at least a few score matrices,
+    ours stay linear in N. Counted on fake tensors, so N = 16384 costs nothing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n, d = 16384, 128
+    with FakeTensorMode():
+        q = torch.randn(1, 1, n, d, dtype=torch.float16)
+        with kernels.count() as eager:
+            OPS["attention"].reference(q, q, q)
+    scores = n * n * 2
+    assert eager.bytes >= 4 * scores
+    assert eager.flops >= 4 * d * visible_pairs(n, n)
+    assert "bmm" in eager.by_kernel() or "matmul" in eager.by_kernel()
