@@ -6,13 +6,14 @@
     tokens = model.generate(input_ids, max_new_tokens=20)      # greedy, with a KV cache
     sliding = models.from_pretrained("path/to/gpt2", window=256)  # every layer attends to its last 256 keys
 
-Each family is one file that reads top to bottom (``gpt2.py``, ``opt.py``, ``persimmon.py``, ``olmoe.py``);
-loading, the KV cache and generation live once in ``_common.py``. Loading needs torch and safetensors only.
+Each family is one file that reads top to bottom (``gpt2.py``, ``opt.py``, ``persimmon.py``, ``olmoe.py``),
+registered by one line in ``registry.py``, whose docstring says what a family file provides. What families share
+lives once: reading a checkpoint in ``_common.py``; the modules, the KV cache and generation in ``_modules.py``.
+Loading needs torch and safetensors only.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 
@@ -21,8 +22,7 @@ import torch
 import kernels._runtime
 
 from ._common import Checkpoint, load_safetensors, read_config, read_generation_tokens
-
-FAMILIES = ("gpt2", "opt", "persimmon", "olmoe")  # model_type -> the module models/<model_type>.py
+from .registry import FAMILIES, family as _family
 
 
 def from_pretrained(path, *, dtype=None, device=None, window=None) -> torch.nn.Module:
@@ -45,7 +45,7 @@ def from_pretrained(path, *, dtype=None, device=None, window=None) -> torch.nn.M
         raise ValueError(f"unknown model_type {model_type!r} in {os.path.join(os.fspath(path), 'config.json')}: "
                          f"expected one of {', '.join(FAMILIES)}")
     eos_token_id, pad_token_id = read_generation_tokens(path, cfg)
-    family = importlib.import_module(f"{__name__}.{model_type}")
+    family = _family(model_type)
     ckpt = Checkpoint(load_safetensors(path), strip=family.STRIP, ignore=family.IGNORE, dtype=dtype)
     _refuse_bfloat16_under_interpreter(ckpt.dtype, f"the weights in {os.fspath(path)!r} are torch.bfloat16")
     model = family.from_checkpoint(cfg, ckpt, device)

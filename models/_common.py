@@ -1,4 +1,4 @@
-"""What the four model files share: reading a checkpoint folder, the KV cache, and greedy generation.
+"""What the model families share to load a checkpoint: reading its config and its weights.
 
 A Hugging Face checkpoint folder holds ``config.json`` and either ``model.safetensors`` or shards listed in
 ``model.safetensors.index.json``. Loading needs torch and safetensors only: each model file maps the
@@ -9,14 +9,12 @@ a multi-GB model is never randomly initialised just to be overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import operator
 import os
 
 import torch
 from torch import nn
-
-import kernels
 
 _REQUIRED = object()
 
@@ -24,6 +22,19 @@ _REQUIRED = object()
 # --------------------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DecoderConfig:
+    """The sizes every family's ``Config`` holds (a dataclass subclass adding its own fields, read from
+    ``config.json`` by its ``from_hf``); :func:`load_model` and :class:`_modules.RotaryLM` read them."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    inner: int  # the MLP's (one expert's) inner size
+    tied: bool  # lm_head.weight is the input embedding
 
 
 def read_config(path) -> dict:
@@ -83,6 +94,17 @@ def cfg_get(cfg: dict, *keys, default=_REQUIRED):
     if default is _REQUIRED:
         raise ValueError(f"config.json of model_type {cfg.get('model_type')!r} lacks {' / '.join(keys)}")
     return default
+
+
+def attention_shape(cfg: dict, hidden=("hidden_size",), heads=("num_attention_heads",), kv_heads=None):
+    """``(hidden size, heads, kv heads)`` read under the given config keys (``kv_heads`` None: as many as heads),
+    hidden divisible by heads and heads by kv heads; the error names the config's keys."""
+    sizes = [(hidden[0], cfg_get(cfg, *hidden)), (heads[0], cfg_get(cfg, *heads))]
+    sizes.append((kv_heads[0], cfg_get(cfg, *kv_heads, default=sizes[1][1])) if kv_heads else sizes[1])
+    for (key, size), (by_key, by) in zip(sizes, sizes[1:]):
+        if size % by:
+            raise ValueError(f"{key} ({size}) must be divisible by {by_key} ({by})")
+    return tuple(size for _, size in sizes)
 
 
 def rope_setting(cfg: dict, key: str, default):
@@ -182,13 +204,18 @@ class Checkpoint:
         return sorted(self.tensors)
 
 
-def load_model(model: nn.Module, ckpt: Checkpoint, device, *, convert=None, tied=None) -> nn.Module:
-    """Fill ``model`` (built on ``meta`` from the config) from ``ckpt``, on ``device``, frozen, in eval mode.
+def load_model(model_class, c: DecoderConfig, ckpt: Checkpoint, device, *, convert=None,
+               embedding="embed_tokens.weight") -> nn.Module:
+    """``model_class(c)`` built on ``meta`` (nothing initialised), filled from ``ckpt`` on ``device``, frozen, in
+    eval mode.
 
     Every parameter is taken under its own name with its own shape (so the config decides what is expected);
     ``convert(name, shape)`` may return it instead, read some other way (a transposed Conv1D, stacked experts),
-    or None for the plain take. ``tied``: the name of the input embedding that ``lm_head.weight`` shares.
+    or None for the plain take. When the config says ``c.tied``, ``lm_head.weight`` is the input ``embedding``.
     """
+    with torch.device("meta"):
+        model = model_class(c)
+    tied = embedding if c.tied else None
     state = {}
     for name, p in model.named_parameters():
         if name == "lm_head.weight" and tied:
@@ -205,162 +232,3 @@ def load_model(model: nn.Module, ckpt: Checkpoint, device, *, convert=None, tied
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Pieces every model uses
-# --------------------------------------------------------------------------------------------------------------
-
-
-class LayerNorm(nn.Module):
-    """A LayerNorm whose forward is ``kernels.layer_norm`` (weight/bias None when the checkpoint has none)."""
-
-    def __init__(self, dim, eps=1e-5, affine=True, bias=True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim)) if affine else None
-        self.bias = nn.Parameter(torch.empty(dim)) if affine and bias else None
-
-    def forward(self, x):
-        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
-
-
-class RMSNorm(nn.Module):
-    """HF OLMoE's RMSNorm (``weight * normalised x rounded to x's dtype``), forward by ``kernels.rms_norm``."""
-
-    def __init__(self, dim, eps=1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim))
-
-    def forward(self, x):
-        return kernels.rms_norm(x, self.weight, self.eps)
-
-
-def heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(batch, seq, n_heads * head_dim) -> (batch, n_heads, seq, head_dim), a view (the kernels take strides)."""
-    b, s, _ = x.shape
-    return x.view(b, s, n_heads, -1).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(batch, n_heads, seq, head_dim) -> (batch, seq, n_heads * head_dim)."""
-    b, h, s, d = x.shape
-    return x.transpose(1, 2).reshape(b, s, h * d)
-
-
-class KVCache:
-    """Keys and values of every layer, preallocated for ``max_len`` positions.
-
-    ``update(layer, k, v)`` writes the new positions after the ``length`` already held and returns views of all
-    positions so far: the attention kernel takes them with ``q_len < kv_len`` (queries are the last positions).
-    The model calls ``advance(n)`` once all its layers have seen the ``n`` new positions.
-    """
-
-    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-
-def attend(q, k, v, cache: KVCache | None, layer: int, window, scale=None):
-    """Causal attention of the new positions' queries over the cached + new keys (one kernel launch)."""
-    if cache is not None:
-        k, v = cache.update(layer, k, v)
-    return kernels.attention(q, k, v, causal=True, window=window, scale=scale)
-
-
-def positions(cache: KVCache | None, seq: int, device) -> torch.Tensor:
-    """Absolute positions of ``seq`` new tokens: after whatever the cache already holds."""
-    start = cache.length if cache is not None else 0
-    return torch.arange(start, start + seq, device=device)
-
-
-class CausalLM(nn.Module):
-    """Base of the four models: ``forward(input_ids, cache=None) -> logits`` and greedy :meth:`generate`.
-
-    Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
-    ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
-    [] for none) and ``pad_token_id`` from the checkpoint, which :meth:`generate` uses as HF's would.
-    """
-
-    max_positions = None
-    window = None
-    eos_token_id: list[int] = []  # assigned per model by from_pretrained, never mutated
-    pad_token_id: int | None = None
-
-    def check_ids(self, input_ids, cache):
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"input_ids must be a torch.Tensor of token ids (batch, seq), got "
-                            f"{type(input_ids).__name__}")
-        # nn.Embedding indexes with int64 or int32 only; anything else would fail deep inside it
-        if input_ids.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
-                            f"{input_ids.dtype}")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() == 0:
-            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
-        end = input_ids.shape[1] + (cache.length if cache is not None else 0)
-        if self.max_positions is not None and end > self.max_positions:
-            raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} positions")
-
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        p = next(self.parameters())
-        return KVCache(self.n_layers, batch, self.n_kv_heads, max_len, self.head_dim, p.dtype, p.device)
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=None,
-                 pad_token_id=None) -> torch.Tensor:
-        """Greedy decoding with a KV cache, token for token HF's ``generate(do_sample=False)``.
-
-        Returns the prompt followed by up to ``max_new_tokens`` argmax tokens. A row that emits one of the
-        ``eos_token_id`` (an int or a list; None: the checkpoint's; []: none) is finished: it keeps its eos and is
-        padded with ``pad_token_id`` (None: the checkpoint's, else the first eos id, as HF falls back) while the
-        other rows go on; decoding stops early once every row has finished. There is no attention mask: a prompt is
-        taken whole, so (unlike HF, which masks a prompt's pad tokens) rows must not be left-padded.
-        """
-        if isinstance(max_new_tokens, bool) or not hasattr(type(max_new_tokens), "__index__"):
-            raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
-        max_new_tokens = operator.index(max_new_tokens)  # numpy / 0-d tensor ints too
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        self.check_ids(input_ids, None)
-        eos = token_ids(eos_token_id, "eos_token_id") if eos_token_id is not None else self.eos_token_id
-        if pad_token_id is None:
-            pad_token_id = self.pad_token_id
-        elif not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
-            raise TypeError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
-        elif pad_token_id < 0:
-            raise ValueError(f"pad_token_id must be a non-negative token id, got {pad_token_id}")
-        if pad_token_id is None and eos:
-            pad_token_id = eos[0]
-        eos_ids = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
-
-        cache = self.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
-        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        out = [input_ids]
-        step = input_ids  # the prompt in one pass (prefill), then one token per step
-        for _ in range(max_new_tokens):
-            logits = self(step, cache=cache)
-            step = logits[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)
-            # a finished row shows pad, but the model is fed its argmax: always inside the vocabulary (a pad id
-            # need not be), and finished rows' outputs are never read, while the other rows do not see them
-            out.append(torch.where(unfinished[:, None], step, pad_token_id) if eos else step)
-            unfinished &= ~torch.isin(step[:, 0], eos_ids)
-            if not unfinished.any():
-                break
-        return torch.cat(out, dim=1)

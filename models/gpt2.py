@@ -20,8 +20,9 @@ from torch import nn
 
 import kernels
 
-from ._common import CausalLM, Checkpoint, LayerNorm, attend, cfg_get, check_activation, heads, load_model
-from ._common import merge_heads, positions
+from ._common import Checkpoint, DecoderConfig, attention_shape, cfg_get, check_activation, load_model
+from ._modules import CausalLM, LayerNorm, attend, heads, merge_heads, positions
+from .registry import TinyCase
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -30,28 +31,22 @@ IGNORE = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some checkpo
 
 
 @dataclass
-class Config:
-    vocab: int
+class Config(DecoderConfig):
     positions: int
-    hidden: int
-    layers: int
-    heads: int
-    inner: int
     eps: float
     activation: str
     scale_attn: bool  # scale scores by 1/sqrt(head_dim)
     scale_by_layer: bool  # and by 1/(layer + 1)
-    tied: bool
 
     @classmethod
     def from_hf(cls, cfg: dict) -> Config:
-        hidden = cfg_get(cfg, "n_embd", "hidden_size")
+        hidden, n_heads, _ = attention_shape(cfg, ("n_embd", "hidden_size"), ("n_head", "num_attention_heads"))
         c = cls(
             vocab=cfg_get(cfg, "vocab_size"),
             positions=cfg_get(cfg, "n_positions", "max_position_embeddings"),
             hidden=hidden,
             layers=cfg_get(cfg, "n_layer", "num_hidden_layers"),
-            heads=cfg_get(cfg, "n_head", "num_attention_heads"),
+            heads=n_heads,
             inner=cfg_get(cfg, "n_inner", default=4 * hidden),
             eps=cfg_get(cfg, "layer_norm_epsilon", default=1e-5),
             activation=check_activation(cfg_get(cfg, "activation_function", default="gelu_new"), ACTIVATIONS),
@@ -59,8 +54,6 @@ class Config:
             scale_by_layer=cfg_get(cfg, "scale_attn_by_inverse_layer_idx", default=False),
             tied=cfg_get(cfg, "tie_word_embeddings", default=True),
         )
-        if c.hidden % c.heads:
-            raise ValueError(f"n_embd ({c.hidden}) must be divisible by n_head ({c.heads})")
         if cfg.get("add_cross_attention"):
             raise NotImplementedError("GPT-2 with cross-attention is not supported")
         return c
@@ -130,11 +123,42 @@ class GPT2(CausalLM):
 
 
 def from_checkpoint(cfg: dict, ckpt: Checkpoint, device) -> GPT2:
-    c = Config.from_hf(cfg)
-    with torch.device("meta"):
-        model = GPT2(c)
-
     def conv1d(name, shape):  # Conv1D stores (in, out): read it so, keep nn.Linear's (out, in)
         return ckpt.take(name, shape[::-1]).t().contiguous() if name.endswith(CONV1D) else None
 
-    return load_model(model, ckpt, device, convert=conv1d, tied="wte.weight" if c.tied else None)
+    return load_model(GPT2, Config.from_hf(cfg), ckpt, device, convert=conv1d, embedding="wte.weight")
+
+
+# ------------------------------------------------------------------------------------------ sweep and tests
+
+
+HF_MODEL = "GPT2LMHeadModel"
+# the sweep: a few layers of GPT-2-small (full vocab) on a GPU, a tiny model under the interpreter
+SWEEP_SHAPES = (dict(layers=4, hidden=768, heads=12, inner=3072, vocab=50257),
+                dict(layers=1, hidden=32, heads=2, inner=64, vocab=64))
+
+
+def sweep_config(d: dict, max_positions: int, **ids):
+    import transformers
+
+    return transformers.GPT2Config(n_embd=d["hidden"], n_layer=d["layers"], n_head=d["heads"], n_inner=d["inner"],
+                                   vocab_size=d["vocab"], n_positions=max_positions, **ids)
+
+
+def _original_names(tensors: dict, hf) -> dict:
+    """OpenAI-converted GPT-2 files: names without ``transformer.``, and ``attn.bias`` causal-mask buffers."""
+    tensors = {name.removeprefix("transformer."): t for name, t in tensors.items()}
+    n = hf.config.n_positions
+    tensors["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, n, n))
+    return tensors
+
+
+def tiny_cases() -> dict[str, TinyCase]:
+    import transformers
+
+    # head_dim 24; scores also scaled by 1/(layer+1); written in shards
+    config = transformers.GPT2Config(n_embd=48, n_layer=2, n_head=2, vocab_size=96, n_positions=16,
+                                     initializer_range=0.2, scale_attn_by_inverse_layer_idx=True)
+    return {"gpt2": TinyCase(config, save={"max_shard_size": "40KB"}, window=3,
+                             checks=("generate", "eos", "window_decode", "fp16"),
+                             layouts={"original_names": _original_names})}

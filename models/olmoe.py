@@ -27,8 +27,9 @@ from torch import nn
 
 import kernels
 
-from ._common import CausalLM, Checkpoint, RMSNorm, attend, cfg_get, check_activation, heads, load_model
-from ._common import merge_heads, positions, rope_setting
+from ._common import Checkpoint, DecoderConfig, attention_shape, cfg_get, check_activation, load_model, rope_setting
+from ._modules import PreNormLayer, RMSNorm, RotaryLM, attend, heads, merge_heads
+from .registry import TinyCase
 
 ACTIVATIONS = {"silu": "silu"}
 STRIP = ("model.",)
@@ -36,13 +37,8 @@ IGNORE = ()
 
 
 @dataclass
-class Config:
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
+class Config(DecoderConfig):
     kv_heads: int
-    inner: int
     experts: int
     top_k: int
     norm_topk_prob: bool
@@ -50,17 +46,16 @@ class Config:
     eps: float
     theta: float
     bias: bool
-    tied: bool
 
     @classmethod
     def from_hf(cls, cfg: dict) -> Config:
-        hidden, n_heads = cfg_get(cfg, "hidden_size"), cfg_get(cfg, "num_attention_heads")
+        hidden, n_heads, kv_heads = attention_shape(cfg, kv_heads=("num_key_value_heads",))
         c = cls(
             vocab=cfg_get(cfg, "vocab_size"),
             hidden=hidden,
             layers=cfg_get(cfg, "num_hidden_layers"),
             heads=n_heads,
-            kv_heads=cfg_get(cfg, "num_key_value_heads", default=n_heads),
+            kv_heads=kv_heads,
             inner=cfg_get(cfg, "intermediate_size"),
             experts=cfg_get(cfg, "num_experts", "num_local_experts"),
             top_k=cfg_get(cfg, "num_experts_per_tok"),
@@ -72,9 +67,6 @@ class Config:
             tied=cfg_get(cfg, "tie_word_embeddings", default=False),
         )
         check_activation(cfg_get(cfg, "hidden_act", default="silu"), ACTIVATIONS)
-        if hidden % n_heads or n_heads % c.kv_heads:
-            raise ValueError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({n_heads}), "
-                             f"and that by num_key_value_heads ({c.kv_heads})")
         return c
 
 
@@ -119,44 +111,18 @@ class MoE(nn.Module):
                            k=self.top_k, normalize=self.norm_topk_prob)
 
 
-class Layer(nn.Module):
-    def __init__(self, c: Config, layer: int):
-        super().__init__()
-        self.input_layernorm = RMSNorm(c.hidden, c.eps)
-        self.self_attn = Attention(c, layer)
-        self.post_attention_layernorm = RMSNorm(c.hidden, c.eps)
-        self.mlp = MoE(c)
-
-    def forward(self, x, pos, cache, window):
-        x = x + self.self_attn(self.input_layernorm(x), pos, cache, window)
-        return x + self.mlp(self.post_attention_layernorm(x))
+def layer(c: Config, index: int) -> PreNormLayer:
+    return PreNormLayer(RMSNorm(c.hidden, c.eps), Attention(c, index), RMSNorm(c.hidden, c.eps), MoE(c))
 
 
-class OLMoE(CausalLM):
+class OLMoE(RotaryLM):
     def __init__(self, c: Config):
-        super().__init__()
-        self.config = c
-        self.embed_tokens = nn.Embedding(c.vocab, c.hidden)
-        self.layers = nn.ModuleList(Layer(c, layer) for layer in range(c.layers))
-        self.norm = RMSNorm(c.hidden, c.eps)
-        self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
-        self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.kv_heads, c.hidden // c.heads
-
-    def forward(self, input_ids, cache=None):
-        self.check_ids(input_ids, cache)
-        pos = positions(cache, input_ids.shape[1], input_ids.device)
-        x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, pos, cache, self.window)
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        return self.lm_head(self.norm(x))
+        super().__init__(c, (layer(c, i) for i in range(c.layers)), RMSNorm(c.hidden, c.eps), norm_name="norm",
+                         kv_heads=c.kv_heads)
 
 
 def from_checkpoint(cfg: dict, ckpt: Checkpoint, device) -> OLMoE:
     c = Config.from_hf(cfg)
-    with torch.device("meta"):
-        model = OLMoE(c)
 
     def experts(name, shape):
         """The fused expert tensors, as stored or stacked from the per-expert layout."""
@@ -170,4 +136,58 @@ def from_checkpoint(cfg: dict, ckpt: Checkpoint, device) -> OLMoE:
         return torch.stack([ckpt.take(f"{prefix}{e}.down_proj.weight", (c.hidden, c.inner))
                             for e in range(c.experts)])
 
-    return load_model(model, ckpt, device, convert=experts, tied="embed_tokens.weight" if c.tied else None)
+    return load_model(OLMoE, c, ckpt, device, convert=experts)
+
+
+# ------------------------------------------------------------------------------------------ sweep and tests
+
+
+HF_MODEL = "OlmoeForCausalLM"
+# the sweep: a few layers of OLMoE-1B-7B (full vocab, 64 experts, top-8) on a GPU, a tiny model under the interpreter
+SWEEP_SHAPES = (dict(layers=4, hidden=2048, heads=16, kv_heads=16, inner=1024, vocab=50304, experts=64, top_k=8),
+                dict(layers=1, hidden=32, heads=2, kv_heads=2, inner=16, vocab=64, experts=8, top_k=2))
+
+
+def sweep_config(d: dict, max_positions: int, **ids):
+    import transformers
+
+    return transformers.OlmoeConfig(
+        hidden_size=d["hidden"], intermediate_size=d["inner"], vocab_size=d["vocab"], num_hidden_layers=d["layers"],
+        num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], num_experts=d["experts"],
+        num_experts_per_tok=d["top_k"], **ids)
+
+
+def sweep_weights(d: dict) -> tuple[int, int]:
+    """(per token: attention, router and the top_k experts it runs, LM head; read: every expert, as thousands of
+    tokens hit them all)."""
+    h, inner, layers = d["hidden"], d["inner"], d["layers"]
+    attention = 2 * h * h + 2 * h * (d["kv_heads"] * h // d["heads"])
+    active = layers * (attention + h * d["experts"] + d["top_k"] * 3 * h * inner) + h * d["vocab"]
+    return active, active + layers * (d["experts"] - d["top_k"]) * 3 * h * inner
+
+
+def _fused_experts(tensors: dict, hf) -> dict:
+    """The fused 3-D expert layout, holding HF's own fused parameters, in place of the per-expert tensors
+    (transformers 5 keeps the per-expert names on save; both layouts must load to the same model)."""
+    tensors = {name: t for name, t in tensors.items() if ".mlp.experts." not in name}
+    for i, hf_layer in enumerate(hf.model.layers):
+        prefix = f"model.layers.{i}.mlp.experts."
+        tensors[prefix + "gate_up_proj"] = hf_layer.mlp.experts.gate_up_proj.detach().clone()
+        tensors[prefix + "down_proj"] = hf_layer.mlp.experts.down_proj.detach().clone()
+    return tensors
+
+
+def tiny_cases() -> dict[str, TinyCase]:
+    import transformers
+
+    def config(**kw):  # 64 experts, top-8, GQA (4 query heads, 2 kv heads), head_dim 16
+        return transformers.OlmoeConfig(
+            hidden_size=64, num_hidden_layers=2, intermediate_size=8, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=96, num_experts=64, num_experts_per_tok=8, initializer_range=0.2, **kw)
+
+    return {
+        "olmoe_clip_norm_topk": TinyCase(config(clip_qkv=0.6, norm_topk_prob=True),
+                                         save={"max_shard_size": "100KB"}, checks=("generate",)),
+        "olmoe": TinyCase(config(norm_topk_prob=False), window=5, checks=("eos",),
+                          layouts={"fused_experts": _fused_experts}),
+    }

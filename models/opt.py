@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 import kernels
 
-from ._common import CausalLM, Checkpoint, LayerNorm, attend, cfg_get, check_activation, heads, load_model
-from ._common import merge_heads, positions
+from ._common import Checkpoint, DecoderConfig, attention_shape, cfg_get, check_activation, load_model
+from ._modules import CausalLM, LayerNorm, attend, heads, merge_heads, positions
+from .registry import TinyCase
 
 ACTIVATIONS = {"relu": "relu"}
 STRIP = ("model.decoder.", "decoder.")
@@ -30,24 +30,18 @@ POSITION_OFFSET = 2  # OPT's embed_positions has 2 extra leading rows (a fairseq
 
 
 @dataclass
-class Config:
-    vocab: int
+class Config(DecoderConfig):
     positions: int
-    hidden: int
     embed: int  # word_embed_proj_dim
-    layers: int
-    heads: int
-    ffn: int
     pre_ln: bool  # do_layer_norm_before
-    final_ln: bool
-    bias: bool
-    affine: bool
+    final_ln: bool  # a final_layer_norm after the last layer
+    bias: bool  # linear layers with biases (enable_bias)
+    affine: bool  # LayerNorms with weight and bias (layer_norm_elementwise_affine)
     activation: str
-    tied: bool
 
     @classmethod
     def from_hf(cls, cfg: dict) -> Config:
-        hidden = cfg_get(cfg, "hidden_size")
+        hidden, n_heads, _ = attention_shape(cfg)
         pre_ln = cfg_get(cfg, "do_layer_norm_before", default=True)
         c = cls(
             vocab=cfg_get(cfg, "vocab_size"),
@@ -55,8 +49,8 @@ class Config:
             hidden=hidden,
             embed=cfg_get(cfg, "word_embed_proj_dim", default=hidden),
             layers=cfg_get(cfg, "num_hidden_layers"),
-            heads=cfg_get(cfg, "num_attention_heads"),
-            ffn=cfg_get(cfg, "ffn_dim"),
+            heads=n_heads,
+            inner=cfg_get(cfg, "ffn_dim"),
             pre_ln=pre_ln,
             final_ln=pre_ln and not cfg_get(cfg, "_remove_final_layer_norm", default=False),
             bias=cfg_get(cfg, "enable_bias", default=True),
@@ -64,8 +58,6 @@ class Config:
             activation=check_activation(cfg_get(cfg, "activation_function", default="relu"), ACTIVATIONS),
             tied=cfg_get(cfg, "tie_word_embeddings", default=True),
         )
-        if c.hidden % c.heads:
-            raise ValueError(f"hidden_size ({c.hidden}) must be divisible by num_attention_heads ({c.heads})")
         return c
 
 
@@ -88,8 +80,8 @@ class Layer(nn.Module):
         super().__init__()
         self.self_attn = Attention(c, layer)
         self.self_attn_layer_norm = LayerNorm(c.hidden, affine=c.affine)
-        self.fc1 = nn.Linear(c.hidden, c.ffn, bias=c.bias)
-        self.fc2 = nn.Linear(c.ffn, c.hidden, bias=c.bias)
+        self.fc1 = nn.Linear(c.hidden, c.inner, bias=c.bias)
+        self.fc2 = nn.Linear(c.inner, c.hidden, bias=c.bias)
         self.final_layer_norm = LayerNorm(c.hidden, affine=c.affine)
         self.pre_ln, self.activation = c.pre_ln, c.activation
 
@@ -137,7 +129,36 @@ class OPT(CausalLM):
 
 
 def from_checkpoint(cfg: dict, ckpt: Checkpoint, device) -> OPT:
-    c = Config.from_hf(cfg)
-    with torch.device("meta"):
-        model = OPT(c)
-    return load_model(model, ckpt, device, tied="embed_tokens.weight" if c.tied else None)
+    return load_model(OPT, Config.from_hf(cfg), ckpt, device)
+
+
+# ------------------------------------------------------------------------------------------ sweep and tests
+
+
+HF_MODEL = "OPTForCausalLM"
+# the sweep: a few layers of OPT-1.3b (full vocab) on a GPU, a tiny model under the interpreter
+SWEEP_SHAPES = (dict(layers=4, hidden=2048, heads=32, inner=8192, vocab=50272),
+                dict(layers=1, hidden=32, heads=2, inner=64, vocab=64))
+
+
+def sweep_config(d: dict, max_positions: int, **ids):
+    import transformers
+
+    return transformers.OPTConfig(
+        hidden_size=d["hidden"], ffn_dim=d["inner"], vocab_size=d["vocab"], num_hidden_layers=d["layers"],
+        num_attention_heads=d["heads"], max_position_embeddings=max_positions, word_embed_proj_dim=d["hidden"],
+        **ids)
+
+
+def tiny_cases() -> dict[str, TinyCase]:
+    import transformers
+
+    tiny = dict(num_hidden_layers=2, num_attention_heads=2, vocab_size=96, max_position_embeddings=16, init_std=0.2)
+    return {
+        # pre-LN, head_dim 16, no linear biases (enable_bias=False: the kernels get bias None)
+        "opt_pre_ln": TinyCase(transformers.OPTConfig(hidden_size=32, ffn_dim=48, enable_bias=False, **tiny),
+                               checks=("eos", "wide_window")),
+        # opt-350m's layout: post-LN, project_in/out (embed 24, hidden 40), head_dim 20
+        "opt_post_ln_proj": TinyCase(transformers.OPTConfig(hidden_size=40, ffn_dim=64, do_layer_norm_before=False,
+                                                            word_embed_proj_dim=24, **tiny), checks=("generate",)),
+    }

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 import kernels
 
-from ._common import CausalLM, Checkpoint, LayerNorm, attend, cfg_get, check_activation, load_model, merge_heads
-from ._common import positions, rope_setting
+from ._common import Checkpoint, DecoderConfig, attention_shape, cfg_get, check_activation, load_model, rope_setting
+from ._modules import LayerNorm, PreNormLayer, RotaryLM, attend, merge_heads
+from .registry import TinyCase
 
 ACTIVATIONS = {"relu2": "relu2"}
 STRIP = ("model.",)
@@ -31,24 +31,16 @@ IGNORE = ()
 
 
 @dataclass
-class Config:
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    inner: int
+class Config(DecoderConfig):
     eps: float
-    qk_layernorm: bool
-    rotary_dim: int
+    qk_layernorm: bool  # LayerNorm of q and k over head_dim
+    rotary_dim: int  # RoPE on the first rotary_dim channels of each head
     theta: float
     activation: str
-    tied: bool
 
     @classmethod
     def from_hf(cls, cfg: dict) -> Config:
-        hidden, n_heads = cfg_get(cfg, "hidden_size"), cfg_get(cfg, "num_attention_heads")
-        if hidden % n_heads:
-            raise ValueError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({n_heads})")
+        hidden, n_heads, _ = attention_shape(cfg)
         return cls(
             vocab=cfg_get(cfg, "vocab_size"),
             hidden=hidden,
@@ -98,42 +90,51 @@ class MLP(nn.Module):
                            self.dense_4h_to_h.weight, self.dense_4h_to_h.bias, activation=self.activation)
 
 
-class Layer(nn.Module):
-    def __init__(self, c: Config, layer: int):
-        super().__init__()
-        self.input_layernorm = LayerNorm(c.hidden, c.eps)
-        self.self_attn = Attention(c, layer)
-        self.post_attention_layernorm = LayerNorm(c.hidden, c.eps)
-        self.mlp = MLP(c)
-
-    def forward(self, x, pos, cache, window):
-        x = x + self.self_attn(self.input_layernorm(x), pos, cache, window)
-        return x + self.mlp(self.post_attention_layernorm(x))
+def layer(c: Config, index: int) -> PreNormLayer:
+    return PreNormLayer(LayerNorm(c.hidden, c.eps), Attention(c, index), LayerNorm(c.hidden, c.eps), MLP(c))
 
 
-class Persimmon(CausalLM):
+class Persimmon(RotaryLM):
     def __init__(self, c: Config):
-        super().__init__()
-        self.config = c
-        self.embed_tokens = nn.Embedding(c.vocab, c.hidden)
-        self.layers = nn.ModuleList(Layer(c, layer) for layer in range(c.layers))
-        self.final_layernorm = LayerNorm(c.hidden, c.eps)
-        self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
-        self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.heads, c.hidden // c.heads
-
-    def forward(self, input_ids, cache=None):
-        self.check_ids(input_ids, cache)
-        pos = positions(cache, input_ids.shape[1], input_ids.device)
-        x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, pos, cache, self.window)
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        return self.lm_head(self.final_layernorm(x))
+        super().__init__(c, (layer(c, i) for i in range(c.layers)), LayerNorm(c.hidden, c.eps),
+                         norm_name="final_layernorm", kv_heads=c.heads)
 
 
 def from_checkpoint(cfg: dict, ckpt: Checkpoint, device) -> Persimmon:
-    c = Config.from_hf(cfg)
-    with torch.device("meta"):
-        model = Persimmon(c)
-    return load_model(model, ckpt, device, tied="embed_tokens.weight" if c.tied else None)
+    return load_model(Persimmon, Config.from_hf(cfg), ckpt, device)
+
+
+# ------------------------------------------------------------------------------------------ sweep and tests
+
+
+HF_MODEL = "PersimmonForCausalLM"
+# the sweep: a few layers of Persimmon-8B (full vocab) on a GPU, a tiny model under the interpreter
+SWEEP_SHAPES = (dict(layers=2, hidden=4096, heads=64, inner=16384, vocab=262144),
+                dict(layers=1, hidden=32, heads=2, inner=64, vocab=64))
+
+
+ROPE = {"rope_type": "default", "rope_theta": 25000.0, "partial_rotary_factor": 0.5}  # the HF configs' RoPE
+
+
+def sweep_config(d: dict, max_positions: int, **ids):
+    import transformers
+
+    return transformers.PersimmonConfig(
+        hidden_size=d["hidden"], intermediate_size=d["inner"], vocab_size=d["vocab"], num_hidden_layers=d["layers"],
+        num_attention_heads=d["heads"], rope_parameters=dict(ROPE), **ids)
+
+
+def _old_rope_keys(cfg: dict) -> None:
+    """config.json as older transformers wrote it: rope_theta, partial_rotary_factor at the top level."""
+    rope = cfg.pop("rope_parameters")
+    cfg.update(rope_theta=rope["rope_theta"], partial_rotary_factor=rope["partial_rotary_factor"])
+
+
+def tiny_cases() -> dict[str, TinyCase]:
+    import transformers
+
+    # qk-LayerNorm, head_dim 20 with rotary_dim 10, theta 25000; saved with the older rope spelling
+    config = transformers.PersimmonConfig(
+        hidden_size=40, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2, vocab_size=96,
+        initializer_range=0.2, rope_parameters=dict(ROPE))
+    return {"persimmon": TinyCase(config, edit_config=_old_rope_keys, window=4, checks=("generate", "eos"))}

@@ -1,13 +1,13 @@
 """Model-level sweeps: forward tokens/s of a whole model versus sequence length, ours against Hugging Face.
 
-One :class:`kernels.spec.OpSpec` per family (``model_gpt2``, ``model_opt``, ``model_persimmon``,
-``model_olmoe``), forward only. A case is a *bundle*, our model and the HF model holding the same random
-weights (built from a transformers config, written with ``save_pretrained`` to a temporary folder and read back
-with :func:`models.from_pretrained`), plus ``input_ids``. Providers: ``ours`` (``spec.fn``), ``eager`` (HF with
+One :class:`kernels.spec.OpSpec` per registered family (``model_<model_type>``, see ``models/registry.py``),
+forward only. A case is a *bundle*, our model and the HF model holding the same random weights (built from the
+family's ``sweep_config``, written with ``save_pretrained`` to a temporary folder and read back with
+:func:`models.from_pretrained`), plus ``input_ids``. Providers: ``ours`` (``spec.fn``), ``eager`` (HF with
 its SDPA attention, ``spec.reference``) and the peer ``hf_compile`` (``torch.compile`` of the HF model).
 
-Sizes: on a GPU, a few layers of the real shapes (GPT-2-small, OPT-1.3b, Persimmon-8B, OLMoE-1B-7B; full vocab),
-batch 1, sequence 512..4096; on the CPU interpreter, tiny configs (one forward well under a second or two).
+Sizes (each family's ``SWEEP_SHAPES``): on a GPU, a few layers of a real model's shapes (full vocab), batch 1,
+sequence 512..4096; on the CPU interpreter, tiny configs (one forward well under a second or two).
 These specs are not in ``kernels.OPS``: the generated op tests do not run them (tests/test_models.py checks the
 models). transformers is imported only when a case is built.
 """
@@ -23,50 +23,21 @@ import torch
 
 from kernels.spec import Case, OpSpec
 
+from . import registry
+
 TOLERANCE = {torch.float32: 1e-4}  # model-level: ||ours - hf|| / ||hf|| in fp32 (see tests/test_models.py)
 
-# family -> real-size shapes (GPU) and tiny shapes (interpreter); "layers" is a few, not the real depth.
-SHAPES = {
-    "gpt2": (dict(layers=4, hidden=768, heads=12, inner=3072, vocab=50257),
-             dict(layers=1, hidden=32, heads=2, inner=64, vocab=64)),
-    "opt": (dict(layers=4, hidden=2048, heads=32, inner=8192, vocab=50272),
-            dict(layers=1, hidden=32, heads=2, inner=64, vocab=64)),
-    "persimmon": (dict(layers=2, hidden=4096, heads=64, inner=16384, vocab=262144),
-                  dict(layers=1, hidden=32, heads=2, inner=64, vocab=64)),
-    "olmoe": (dict(layers=4, hidden=2048, heads=16, kv_heads=16, inner=1024, vocab=50304, experts=64, top_k=8),
-              dict(layers=1, hidden=32, heads=2, kv_heads=2, inner=16, vocab=64, experts=8, top_k=2)),
-}
 GPU_SEQLENS = (512, 1024, 2048, 4096)
 CPU_SEQLENS = (8, 16, 32)
 MAX_POSITIONS = max(GPU_SEQLENS)  # learned position tables are sized for the longest sweep sequence
 
 
 def _hf_config(family: str, d: dict):
-    import transformers as tf
-
     # the tiny vocab lacks the real special-token ids (transformers warns about them): point them inside it
     ids = {} if d["vocab"] > 50_000 else dict(bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    common = dict(vocab_size=d["vocab"], num_hidden_layers=d["layers"], num_attention_heads=d["heads"], **ids)
-    if family == "gpt2":
-        cfg = tf.GPT2Config(n_embd=d["hidden"], n_layer=d["layers"], n_head=d["heads"], n_inner=d["inner"],
-                            vocab_size=d["vocab"], n_positions=MAX_POSITIONS, **ids)
-    elif family == "opt":
-        cfg = tf.OPTConfig(hidden_size=d["hidden"], ffn_dim=d["inner"], max_position_embeddings=MAX_POSITIONS,
-                           word_embed_proj_dim=d["hidden"], **common)
-    elif family == "persimmon":
-        cfg = tf.PersimmonConfig(hidden_size=d["hidden"], intermediate_size=d["inner"],
-                                 rope_parameters={"rope_type": "default", "rope_theta": 25000.0,
-                                                  "partial_rotary_factor": 0.5}, **common)
-    else:
-        cfg = tf.OlmoeConfig(hidden_size=d["hidden"], intermediate_size=d["inner"],
-                             num_key_value_heads=d["kv_heads"], num_experts=d["experts"],
-                             num_experts_per_tok=d["top_k"], **common)
+    cfg = registry.family(family).sweep_config(d, MAX_POSITIONS, **ids)
     cfg._attn_implementation = "sdpa"
     return cfg
-
-
-_CLASSES = {"gpt2": "GPT2LMHeadModel", "opt": "OPTForCausalLM", "persimmon": "PersimmonForCausalLM",
-            "olmoe": "OlmoeForCausalLM"}
 
 
 @dataclasses.dataclass
@@ -94,7 +65,7 @@ def _bundle(family: str, model_dims: tuple, dtype, device, seed: int) -> Bundle:
         tf.utils.logging.disable_progress_bar()  # the sweep's own bar is the progress report
         torch.manual_seed(seed)
         with torch.device(device):  # random init where the model will run (fast on a GPU)
-            hf = getattr(tf, _CLASSES[family])(_hf_config(family, dict(model_dims)))
+            hf = getattr(tf, registry.family(family).HF_MODEL)(_hf_config(family, dict(model_dims)))
         hf = hf.to(dtype=dtype).eval()
         with tempfile.TemporaryDirectory() as folder:
             hf.save_pretrained(folder)
@@ -142,35 +113,26 @@ def _hf_compile():
 
 
 def _sweep_cases(gpu: bool, *, family: str):
-    shapes = SHAPES[family][0 if gpu else 1]
+    shapes = registry.family(family).SWEEP_SHAPES[0 if gpu else 1]
     return [dict(seqlen=s, batch=1, **shapes) for s in (GPU_SEQLENS if gpu else CPU_SEQLENS)]
 
 
-def _matmul_params(d: dict, family: str) -> int:
-    """Weights each token multiplies by (the LM head included, embeddings excluded; MoE: the active experts)."""
-    h, inner = d["hidden"], d["inner"]
-    if family == "olmoe":
-        kv = d["kv_heads"] * h // d["heads"]
-        attn = 2 * h * h + 2 * h * kv
-        per_layer = attn + h * d["experts"] + d["top_k"] * 3 * h * inner
-    else:
-        per_layer = 4 * h * h + 2 * h * inner
-    return d["layers"] * per_layer + h * d["vocab"]
+def dense_weights(d: dict) -> tuple[int, int]:
+    """(weights a token multiplies by, weights the forward reads) of a dense decoder: per layer q, k, v, out
+    (4 h^2) and a two-matrix MLP (2 h inner), plus the LM head (embeddings excluded); both the same."""
+    n = d["layers"] * (4 * d["hidden"] ** 2 + 2 * d["hidden"] * d["inner"]) + d["hidden"] * d["vocab"]
+    return n, n
 
 
-def _all_params(d: dict, family: str) -> int:
-    """Every weight the forward reads (all experts: with thousands of tokens every expert is hit)."""
-    if family == "olmoe":
-        extra = d["layers"] * (d["experts"] - d["top_k"]) * 3 * d["hidden"] * d["inner"]
-        return _matmul_params(d, family) + extra
-    return _matmul_params(d, family)
+def _weights(d: dict, family: str) -> tuple[int, int]:
+    return getattr(registry.family(family), "sweep_weights", dense_weights)(d)
 
 
 def _flops(dims, mode, *, family):
     """~2 * params * tokens, plus causal attention (QK^T and PV over half the square)."""
     tokens = dims["batch"] * dims["seqlen"]
     attention = dims["layers"] * dims["batch"] * 2 * dims["seqlen"] ** 2 * dims["hidden"]
-    return 2 * _matmul_params(dims, family) * tokens + attention
+    return 2 * _weights(dims, family)[0] * tokens + attention
 
 
 def _bytes(dims, dtype, mode, *, family):
@@ -178,9 +140,9 @@ def _bytes(dims, dtype, mode, *, family):
     residuals, attention in/out), the MLP's inner activations, and the logits."""
     size = torch.finfo(dtype).bits // 8
     d, tokens = dims, dims["batch"] * dims["seqlen"]
-    inner = d["inner"] * (d["top_k"] if family == "olmoe" else 1)
+    inner = d["inner"] * d.get("top_k", 1)  # an MoE token runs top_k experts
     act = tokens * d["layers"] * (16 * d["hidden"] + 2 * inner) + tokens * d["vocab"]
-    return (_all_params(d, family) + act) * size
+    return (_weights(d, family)[1] + act) * size
 
 
 def _dims(big, *, family):
@@ -209,4 +171,4 @@ def _spec(family: str) -> OpSpec:
     )
 
 
-SPECS = tuple(_spec(family) for family in SHAPES)
+SPECS = tuple(_spec(family) for family in registry.FAMILIES)

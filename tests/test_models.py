@@ -1,75 +1,50 @@
-"""The four model files against Hugging Face transformers, on tiny random checkpoints, in fp32 on the CPU.
+"""Every registered model family against Hugging Face transformers, on tiny random checkpoints, in fp32 on the CPU.
 
-Every case builds a transformers model from a config (random init, large enough that attention is not uniform),
-perturbs it so no norm weight is 1 and no bias is 0, writes it with ``save_pretrained`` (some sharded), loads it
-with ``models.from_pretrained`` and checks: logits within 1e-4 relative error of HF's; greedy generation (with
-our KV cache) token for token equal to an argmax loop over HF's full forward; sliding windows against HF with an
-explicit windowed mask. Sizes are tiny (2 layers, hidden <= 64, vocab <= 128, seq <= 12) because every kernel
-runs under the Triton interpreter; OLMoE keeps its 64 experts, top-8.
+One harness for all families: the cases are each family's ``tiny_cases()`` (models/registry.py says what a
+family file provides), so a new family is checked as soon as it is registered. Every case builds a transformers
+model from its config (random init, large enough that attention is not uniform), perturbs it so no norm weight is
+1 and no bias is 0, writes it with ``save_pretrained`` (some sharded), loads it with ``models.from_pretrained``
+and checks logits within 1e-4 relative error of HF's; a case's ``checks`` add greedy generation (with our KV
+cache) token for token equal to an argmax loop over HF's full forward, eos stopping as HF's ``generate``, sliding
+windows against HF with an explicit windowed mask, fp16; its ``layouts`` other ways to store the same weights.
+Sizes are tiny (2 layers, hidden <= 64, vocab <= 128, seq <= 12) because every kernel runs under the Triton
+interpreter. The loading errors are checked on every family where they go through its own loader, else once.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import models
+from models import registry
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 TOL = 1e-4  # fp32: ||ours - hf|| / ||hf||
-VOCAB, SEQ, BATCH = 96, 10, 2
+SEQ, BATCH = 10, 2
+
+# case name -> (family module, TinyCase), registry order: a case's seed is its index here
+_ALL = [(name, registry.family(model_type), case) for model_type in registry.FAMILIES
+        for name, case in registry.family(model_type).tiny_cases().items()]
+CASES = {name: (module, case) for name, module, case in _ALL}
+FIRST = [next(name for name, (m, _) in CASES.items() if m is registry.family(t)) for t in registry.FAMILIES]
+ONE_FILE = next(name for name, (_, case) in CASES.items() if "max_shard_size" not in case.save)
+SHARDED = next(name for name, (_, case) in CASES.items() if "max_shard_size" in case.save)
 
 
-# ------------------------------------------------------------------------------------------------ the cases
-
-
-def _gpt2():  # head_dim 24; scores also scaled by 1/(layer+1)
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_embd=48, n_layer=2, n_head=2, vocab_size=VOCAB, n_positions=16, initializer_range=0.2,
-        scale_attn_by_inverse_layer_idx=True))
-
-
-def _opt_pre():  # pre-LN, head_dim 16, no linear biases (enable_bias=False: the kernels get bias None)
-    return transformers.OPTForCausalLM(transformers.OPTConfig(
-        hidden_size=32, num_hidden_layers=2, ffn_dim=48, num_attention_heads=2, vocab_size=VOCAB,
-        max_position_embeddings=16, init_std=0.2, enable_bias=False))
-
-
-def _opt_post():  # opt-350m's layout: post-LN, project_in/out (embed 24, hidden 40), head_dim 20
-    return transformers.OPTForCausalLM(transformers.OPTConfig(
-        hidden_size=40, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, vocab_size=VOCAB,
-        max_position_embeddings=16, init_std=0.2, do_layer_norm_before=False, word_embed_proj_dim=24))
-
-
-def _persimmon():  # qk-LayerNorm, head_dim 20 with rotary_dim 10, theta 25000
-    return transformers.PersimmonForCausalLM(transformers.PersimmonConfig(
-        hidden_size=40, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2, vocab_size=VOCAB,
-        initializer_range=0.2, rope_parameters={"rope_type": "default", "rope_theta": 25000.0,
-                                                "partial_rotary_factor": 0.5}))
-
-
-def _olmoe(**kw):  # 64 experts, top-8, GQA (4 query heads, 2 kv heads), head_dim 16
-    return transformers.OlmoeForCausalLM(transformers.OlmoeConfig(
-        hidden_size=64, num_hidden_layers=2, intermediate_size=8, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB, num_experts=64, num_experts_per_tok=8, initializer_range=0.2, **kw))
-
-
-# name -> (HF model builder, save_pretrained kwargs)
-CASES = {
-    "gpt2": (_gpt2, {"max_shard_size": "40KB"}),
-    "opt_pre_ln": (_opt_pre, {}),
-    "opt_post_ln_proj": (_opt_post, {}),
-    "persimmon": (_persimmon, {}),
-    "olmoe_clip_norm_topk": (lambda: _olmoe(clip_qkv=0.6, norm_topk_prob=True), {"max_shard_size": "100KB"}),
-    "olmoe": (lambda: _olmoe(norm_topk_prob=False), {}),
-}
+def _with(check):
+    return [name for name, (_, case) in CASES.items() if check in case.checks]
 
 
 def _perturb(hf, seed):
@@ -88,15 +63,20 @@ class Built:
     """A saved HF case: the HF model (fp32, eval) and the folder ``save_pretrained`` wrote."""
 
     def __init__(self, name, root):
-        build, save_kwargs = CASES[name]
+        self.family, self.case = CASES[name]
         seed = list(CASES).index(name)
         torch.manual_seed(seed)
-        self.hf = _perturb(build(), seed=seed).eval()
+        hf = getattr(transformers, self.family.HF_MODEL)(copy.deepcopy(self.case.config))
+        self.hf = _perturb(hf, seed=seed).eval()
         self.hf.config._attn_implementation = "sdpa"
+        self.vocab = self.hf.config.vocab_size
         self.path = os.path.join(root, name)
-        self.hf.save_pretrained(self.path, **save_kwargs)
-        if name == "persimmon":  # older config.json spelling: rope_theta, partial_rotary_factor at the top level
-            _edit_config(self.path, _old_rope_keys)
+        self.hf.save_pretrained(self.path, **self.case.save)
+        if self.case.edit_config is not None:
+            _edit_config(self.path, self.case.edit_config)
+
+    def ids(self, seed, batch=BATCH, seq=SEQ):
+        return torch.randint(0, self.vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
     def logits(self, ids, window=None):
         with torch.no_grad():
@@ -117,11 +97,6 @@ def _window_mask(ids, window):
     i, j = torch.arange(s)[:, None], torch.arange(s)[None, :]
     allowed = (j <= i) & (j > i - window)
     return torch.zeros(s, s).masked_fill(~allowed, float("-inf")).expand(ids.shape[0], 1, s, s)
-
-
-def _old_rope_keys(cfg):
-    rope = cfg.pop("rope_parameters")
-    cfg.update(rope_theta=rope["rope_theta"], partial_rotary_factor=rope["partial_rotary_factor"])
 
 
 def _edit_config(path, edit, name="config.json"):
@@ -146,12 +121,35 @@ def built(tmp_path_factory):
     return get
 
 
-def _ids(seed, batch=BATCH, seq=SEQ):
-    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
 def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _state(model):
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def _shared(model):
+    """The groups of parameter names that are one Parameter (a tied LM head and its embedding)."""
+    groups = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), set()).add(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+
+
+def test_every_family_keeps_the_contract():
+    assert len(CASES) == len(_ALL), "tiny case names must be unique across families"
+    for name, (family, case) in CASES.items():
+        assert isinstance(case, registry.TinyCase) and name.startswith(family.__name__.rsplit(".", 1)[1])
+        assert set(case.checks) <= set(registry.CHECKS), f"{name}: unknown checks"
+        assert "window_decode" not in case.checks or case.window is not None
+    for model_type in registry.FAMILIES:
+        family = registry.family(model_type)
+        assert all(len(d) for d in family.SWEEP_SHAPES) and len(family.SWEEP_SHAPES) == 2
+        assert isinstance(family.STRIP, tuple) and isinstance(family.IGNORE, tuple)
 
 
 # ------------------------------------------------------------------------------------------------ parity
@@ -163,17 +161,19 @@ def test_logits_match_hf(built, name):
     model = models.from_pretrained(case.path)
     assert model.unused_weights == []
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
-    ids = _ids(1)
+    hf_tied = case.hf.get_output_embeddings().weight is case.hf.get_input_embeddings().weight
+    assert any("lm_head.weight" in g for g in _shared(model)) == hf_tied
+    ids = case.ids(1)
     ours, ref = model(ids), case.logits(ids)
-    assert ours.shape == ref.shape == (BATCH, SEQ, VOCAB)
+    assert ours.shape == ref.shape == (BATCH, SEQ, case.vocab)
     assert _rel(ours, ref) < TOL
 
 
-@pytest.mark.parametrize("name", ["gpt2", "opt_post_ln_proj", "persimmon", "olmoe_clip_norm_topk"])
+@pytest.mark.parametrize("name", _with("generate"))
 def test_generate_matches_hf_greedy(built, name):
     case = built(name)
     model = models.from_pretrained(case.path)
-    prompt = _ids(2, seq=5)
+    prompt = case.ids(2, seq=5)
     out = model.generate(prompt, max_new_tokens=4)
     assert out.shape == (BATCH, 9) and torch.equal(out[:, :5], prompt)
     assert torch.equal(out, case.greedy(prompt, 4))
@@ -185,12 +185,12 @@ def _first_index(tokens, token) -> int:
     return hits[0, 0].item() if len(hits) else len(tokens)
 
 
-@pytest.mark.parametrize("name", ["persimmon", "opt_pre_ln", "gpt2", "olmoe"])
+@pytest.mark.parametrize("name", _with("eos"))
 def test_generate_stops_at_eos_like_hf(built, name, tmp_path):
     """eos from the checkpoint (one row finishes, is padded, the other goes on) and from the keyword (a list: every
     row finishes, decoding stops early), each token for token HF's ``generate(do_sample=False)``, padding too."""
     case = built(name)
-    n_new, prompt = 6, _ids(7, seq=4) % (VOCAB - 3) + 3  # no ids 0..2: HF would mask a pad token in the prompt
+    n_new, prompt = 6, case.ids(7, seq=4) % (case.vocab - 3) + 3  # no ids 0..2: HF would mask a pad token
     free = case.greedy(prompt, n_new)[:, 4:]  # the continuation when nothing stops it
     # eos: a token row 0 emits before row 1 emits it (if ever), so row 0 is padded while row 1 still decodes
     step = next(j for j in [*range(1, n_new - 1), 0] if _first_index(free[1], free[0, j]) > j)
@@ -228,92 +228,72 @@ def test_generation_tokens_prefer_generation_config(tmp_path):
     assert read_generation_tokens(tmp_path, {}) == ([7, 9], None)
 
 
-@pytest.mark.parametrize("name,window", [("gpt2", 3), ("persimmon", 4), ("olmoe", 5)])
-def test_sliding_window_matches_hf_mask(built, name, window):
+@pytest.mark.parametrize("name", [name for name, (_, case) in CASES.items() if case.window is not None])
+def test_sliding_window_matches_hf_mask(built, name):
     case = built(name)
+    window = case.case.window
     model = models.from_pretrained(case.path, window=window)
-    ids = _ids(3)
+    ids = case.ids(3)
     assert _rel(model(ids), case.logits(ids, window)) < TOL
-    if name == "gpt2":  # decode steps with q_len < kv_len also honour the window
+    if "window_decode" in case.case.checks:  # decode steps with q_len < kv_len also honour the window
         prompt = ids[:, :5]
         assert torch.equal(model.generate(prompt, 4), case.greedy(prompt, 4, window))
 
 
-def test_window_wider_than_sequence_is_full_attention(built):
-    case = built("opt_pre_ln")
-    ids = _ids(4)
+@pytest.mark.parametrize("name", _with("wide_window"))
+def test_window_wider_than_sequence_is_full_attention(built, name):
+    case = built(name)
+    ids = case.ids(4)
     full, wide = models.from_pretrained(case.path), models.from_pretrained(case.path, window=SEQ + 3)
     assert _rel(wide(ids), full(ids)) < 1e-6
 
 
-def test_fp16_weights(built):
-    case = built("gpt2")
+@pytest.mark.parametrize("name", _with("fp16"))
+def test_fp16_weights(built, name):
+    case = built(name)
     model = models.from_pretrained(case.path, dtype=torch.float16)
     assert all(p.dtype == torch.float16 for p in model.parameters())
-    ids = _ids(5)
+    ids = case.ids(5)
     assert _rel(model(ids).float(), case.logits(ids)) < 1e-2
 
 
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _state(model):
-    return {k: v for k, v in model.state_dict().items()}
+def _tensors(path):
+    """Every tensor of a checkpoint folder, one file or shards."""
+    tensors = {}
+    for f in sorted(os.listdir(path)):
+        if f.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(path, f)))
+    return tensors
 
 
 def _rewrite(path, edit):
-    """Apply ``edit`` to the tensors of a single-file checkpoint folder."""
-    file = os.path.join(path, "model.safetensors")
-    tensors = load_file(file)
-    tensors = edit(tensors)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, file, metadata={"format": "pt"})
+    """Apply ``edit`` to the tensors of a checkpoint folder, which becomes one ``model.safetensors``."""
+    tensors = edit(_tensors(path))
+    for f in os.listdir(path):
+        if f.endswith(".safetensors") or f == "model.safetensors.index.json":
+            os.remove(os.path.join(path, f))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
 
 
-def test_olmoe_fused_expert_layout_loads_the_same(built, tmp_path):
-    """transformers 5 keeps the per-expert names on save; the fused 3-D layout must give the same model."""
-    case = built("olmoe")
-    fused = str(tmp_path / "fused")
-    shutil.copytree(case.path, fused)
-    n_experts, n_layers = case.hf.config.num_experts, case.hf.config.num_hidden_layers
-
-    def fuse(t):
-        for layer in range(n_layers):
-            p = f"model.layers.{layer}.mlp.experts."
-            gate = torch.stack([t.pop(f"{p}{e}.gate_proj.weight") for e in range(n_experts)])
-            up = torch.stack([t.pop(f"{p}{e}.up_proj.weight") for e in range(n_experts)])
-            t[p + "gate_up_proj"] = torch.cat([gate, up], dim=1)
-            t[p + "down_proj"] = torch.stack([t.pop(f"{p}{e}.down_proj.weight") for e in range(n_experts)])
-        return t
-
-    _rewrite(fused, fuse)
-    a, b = _state(models.from_pretrained(case.path)), _state(models.from_pretrained(fused))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # and the stacking matches HF's own fused parameters
-    experts = case.hf.model.layers[1].mlp.experts
-    assert torch.equal(a["layers.1.mlp.experts.gate_up_proj"], experts.gate_up_proj)
-    assert torch.equal(a["layers.1.mlp.experts.down_proj"], experts.down_proj)
-
-
-def test_gpt2_original_names_load_the_same(built, tmp_path):
-    """OpenAI-converted GPT-2 files name tensors without ``transformer.`` and carry ``attn.bias`` buffers."""
-    case = built("gpt2")
-    original = str(tmp_path / "original")
-    os.makedirs(original)
-    shutil.copy(os.path.join(case.path, "config.json"), original)
-    tensors = {}
-    for f in os.listdir(case.path):
-        if f.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(case.path, f)))
-    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-    tensors["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 16, 16))
-    save_file(tensors, os.path.join(original, "model.safetensors"))
-    a, b = models.from_pretrained(case.path), models.from_pretrained(original)
+@pytest.mark.parametrize("name,layout", [(name, layout) for name, (_, case) in CASES.items()
+                                         for layout in case.layouts])
+def test_other_layouts_load_the_same(built, name, layout, tmp_path):
+    """Another way checkpoints of the family store the same weights (GPT-2's original names with its mask buffers,
+    OLMoE's fused experts as HF holds them) loads to the very same model, every tensor used, ties kept."""
+    case = built(name)
+    folder = str(tmp_path / layout)
+    os.makedirs(folder)
+    shutil.copy(os.path.join(case.path, "config.json"), folder)
+    save_file(case.case.layouts[layout](_tensors(case.path), case.hf), os.path.join(folder, "model.safetensors"))
+    a, b = models.from_pretrained(case.path), models.from_pretrained(folder)
     assert b.unused_weights == []
-    assert all(torch.equal(x, y) for x, y in zip(_state(a).values(), _state(b).values()))
-    assert b.lm_head.weight is b.wte.weight  # tied
-
-
-# ------------------------------------------------------------------------------------------------ errors
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert _shared(b) == _shared(a)
 
 
 def test_unknown_model_type_is_named(tmp_path):
@@ -327,39 +307,49 @@ def test_missing_folder_or_weights(built, tmp_path):
         models.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.json"):
         models.from_pretrained(tmp_path)
-    case = built("opt_pre_ln")
-    shutil.copy(os.path.join(case.path, "config.json"), tmp_path)
+    shutil.copy(os.path.join(built(ONE_FILE).path, "config.json"), tmp_path)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         models.from_pretrained(tmp_path)
     sharded = tmp_path / "sharded"
-    shutil.copytree(built("gpt2").path, sharded)
+    shutil.copytree(built(SHARDED).path, sharded)
     os.remove(sharded / "model-00002-of-{:05d}.safetensors".format(
         len([f for f in os.listdir(sharded) if f.startswith("model-")])))
     with pytest.raises(FileNotFoundError, match="model-00002"):
         models.from_pretrained(sharded)
 
 
-def test_bad_weight_shape_names_the_tensor(built, tmp_path):
+@pytest.mark.parametrize("name", FIRST)
+def test_bad_weight_shape_names_the_tensor(built, name, tmp_path):
+    """Through the family's own loader: a tensor of the wrong shape, a config that disagrees with the weights, and
+    a missing tensor are each an error naming the tensor (as our module names it)."""
+    case = built(name)
+
+    def ours(checkpoint_name):  # the name after the family's STRIP
+        prefix = next((p for p in case.family.STRIP if checkpoint_name.startswith(p)), "")
+        return re.escape(checkpoint_name[len(prefix):])
+
+    # weights of layer 1 (or expert 1), as the checkpoint names them: the first is cut short, the last goes missing
+    layer_1 = sorted(n for n, t in _tensors(case.path).items() if t.dim() == 2 and ".1." in n)
     path = str(tmp_path / "bad")
-    shutil.copytree(built("opt_pre_ln").path, path)
-    name = "model.decoder.layers.1.fc1.weight"
-    _rewrite(path, lambda t: t | {name: t[name][:-1]})
-    with pytest.raises(ValueError, match=r"layers\.1\.fc1\.weight"):
+    shutil.copytree(case.path, path)
+    _rewrite(path, lambda t: t | {layer_1[0]: t[layer_1[0]][:-1]})
+    with pytest.raises(ValueError, match=ours(layer_1[0])):
         models.from_pretrained(path)
-    # the same when the config is the one that disagrees
+    # the same when the config is the one that disagrees: the embedding is the first tensor taken
     shutil.rmtree(path)
-    shutil.copytree(built("opt_pre_ln").path, path)
-    _edit_config(path, lambda c: c.update(ffn_dim=50))
-    with pytest.raises(ValueError, match=r"layers\.0\.fc1\.weight"):
+    shutil.copytree(case.path, path)
+    embedding = next(n for n, p in models.from_pretrained(path).named_parameters() if case.vocab in p.shape)
+    _edit_config(path, lambda c: c.update(vocab_size=case.vocab + 1))
+    with pytest.raises(ValueError, match=re.escape(embedding)):
         models.from_pretrained(path)
-    _edit_config(path, lambda c: c.update(ffn_dim=48))
-    _rewrite(path, lambda t: {k: v for k, v in t.items() if "layers.1.self_attn.k_proj" not in k})
-    with pytest.raises(KeyError, match=r"layers\.1\.self_attn\.k_proj\.weight"):
+    _edit_config(path, lambda c: c.update(vocab_size=case.vocab))
+    _rewrite(path, lambda t: {k: v for k, v in t.items() if k != layer_1[-1]})
+    with pytest.raises(KeyError, match=ours(layer_1[-1])):
         models.from_pretrained(path)
 
 
 def test_bad_arguments(built):
-    path = built("opt_pre_ln").path
+    path = built(ONE_FILE).path
     with pytest.raises(ValueError, match="window"):
         models.from_pretrained(path, window=0)
     with pytest.raises(TypeError, match="dtype"):
@@ -367,12 +357,13 @@ def test_bad_arguments(built):
     model = models.from_pretrained(path)
     with pytest.raises(ValueError, match="input_ids"):
         model(torch.zeros(3, dtype=torch.long))
+    assert model.max_positions is not None  # a learned position table
     with pytest.raises(ValueError, match="positions"):
-        model(torch.zeros(1, 17, dtype=torch.long))
+        model(torch.zeros(1, model.max_positions + 1, dtype=torch.long))
 
 
 def test_bad_generate_arguments(built):
-    model = models.from_pretrained(built("opt_pre_ln").path)
+    model = models.from_pretrained(built(ONE_FILE).path)
     prompt = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="input_ids is empty"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
@@ -400,7 +391,7 @@ def test_bad_generate_arguments(built):
 
 
 def test_truncated_safetensors_names_the_file(built, tmp_path):
-    for name, file in (("opt_pre_ln", "model.safetensors"), ("gpt2", "model-00002-of-")):
+    for name, file in ((ONE_FILE, "model.safetensors"), (SHARDED, "model-00002-of-")):
         folder = tmp_path / name
         shutil.copytree(built(name).path, folder)
         path = next(folder / f for f in sorted(os.listdir(folder)) if f.startswith(file))
@@ -414,7 +405,7 @@ def test_cuda_device_without_cuda_is_one_clear_error(built, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # refused before any weights are read
     monkeypatch.setattr(models, "load_safetensors", lambda path: pytest.fail("weights were read"))
-    path = built("opt_pre_ln").path
+    path = built(ONE_FILE).path
     for device in ("cuda", "cuda:0", torch.device("cuda")):
         with pytest.raises(ValueError, match=r"torch\.cuda\.is_available\(\) is False on this machine"):
             models.from_pretrained(path, device=device)
@@ -427,7 +418,7 @@ def test_bfloat16_refused_under_the_interpreter(built, tmp_path, monkeypatch):
     import kernels._runtime
 
     monkeypatch.setattr(kernels._runtime, "INTERPRET", True)  # what a machine without a GPU has
-    path = built("opt_pre_ln").path
+    path = built(ONE_FILE).path
     with pytest.raises(TypeError, match=r"bfloat16.*Triton interpreter.*dtype=torch\.float32"):
         models.from_pretrained(path, dtype=torch.bfloat16)
     bf16 = str(tmp_path / "bf16")
@@ -439,15 +430,33 @@ def test_bfloat16_refused_under_the_interpreter(built, tmp_path, monkeypatch):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_loading_needs_no_transformers():
-    """The model files import torch, safetensors and kernels only (transformers is a test dependency)."""
-    import ast
+def _imports_run_on_import(tree):
+    """The modules a file imports when it is imported (function bodies are not run then)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module or ""
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
 
+
+def test_loading_needs_no_transformers(built):
+    """transformers and hypothesis are test and sweep dependencies: no file of models/ imports them at its top
+    (the family files' sweep and test functions import transformers inside), and without transformers every
+    family file imports and a checkpoint loads."""
     root = os.path.dirname(models.__file__)
-    for file in ("__init__.py", "_common.py", "gpt2.py", "opt.py", "persimmon.py", "olmoe.py"):
+    for file in sorted(f for f in os.listdir(root) if f.endswith(".py")):
         with open(os.path.join(root, file)) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.split(".")[0] == "transformers" for n in names), f"{file} imports transformers"
+            names = list(_imports_run_on_import(ast.parse(f.read())))
+        assert not any(n.split(".")[0] in ("transformers", "hypothesis") for n in names), \
+            f"models/{file} imports {names} at its top"
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import models, models.registry as r\n"
+            "[r.family(t) for t in r.FAMILIES]\n"
+            f"models.from_pretrained({built(ONE_FILE).path!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(root))
+    assert result.returncode == 0, result.stderr[-2000:]

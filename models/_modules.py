@@ -1,0 +1,210 @@
+"""What the model families share to run: the pieces every model is built from, the KV cache, greedy generation.
+
+:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None) -> logits`` and ``generate``);
+:class:`RotaryLM` and :class:`PreNormLayer` are the Llama-style model and layer that Persimmon and OLMoE share.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+import kernels
+
+from ._common import token_ids
+
+
+class LayerNorm(nn.Module):
+    """A LayerNorm whose forward is ``kernels.layer_norm`` (weight/bias None when the checkpoint has none)."""
+
+    def __init__(self, dim, eps=1e-5, affine=True, bias=True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim)) if affine else None
+        self.bias = nn.Parameter(torch.empty(dim)) if affine and bias else None
+
+    def forward(self, x):
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """HF OLMoE's RMSNorm (``weight * normalised x rounded to x's dtype``), forward by ``kernels.rms_norm``."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x):
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(batch, seq, n_heads * head_dim) -> (batch, n_heads, seq, head_dim), a view (the kernels take strides)."""
+    b, s, _ = x.shape
+    return x.view(b, s, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, n_heads, seq, head_dim) -> (batch, seq, n_heads * head_dim)."""
+    b, h, s, d = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * d)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
+
+    ``update(layer, k, v)`` writes the new positions after the ``length`` already held and returns views of all
+    positions so far: the attention kernel takes them with ``q_len < kv_len`` (queries are the last positions).
+    The model calls ``advance(n)`` once all its layers have seen the ``n`` new positions.
+    """
+
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+def attend(q, k, v, cache: KVCache | None, layer: int, window, scale=None):
+    """Causal attention of the new positions' queries over the cached + new keys (one kernel launch)."""
+    if cache is not None:
+        k, v = cache.update(layer, k, v)
+    return kernels.attention(q, k, v, causal=True, window=window, scale=scale)
+
+
+def positions(cache: KVCache | None, seq: int, device) -> torch.Tensor:
+    """Absolute positions of ``seq`` new tokens: after whatever the cache already holds."""
+    start = cache.length if cache is not None else 0
+    return torch.arange(start, start + seq, device=device)
+
+
+class CausalLM(nn.Module):
+    """Base of every model: ``forward(input_ids, cache=None) -> logits`` and greedy :meth:`generate`.
+
+    Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
+    ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
+    [] for none) and ``pad_token_id`` from the checkpoint, which :meth:`generate` uses as HF's would.
+    """
+
+    max_positions = None
+    window = None
+    eos_token_id: list[int] = []  # assigned per model by from_pretrained, never mutated
+    pad_token_id: int | None = None
+
+    def check_ids(self, input_ids, cache):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor of token ids (batch, seq), got "
+                            f"{type(input_ids).__name__}")
+        # nn.Embedding indexes with int64 or int32 only; anything else would fail deep inside it
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
+                            f"{input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
+        end = input_ids.shape[1] + (cache.length if cache is not None else 0)
+        if self.max_positions is not None and end > self.max_positions:
+            raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} positions")
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.n_layers, batch, self.n_kv_heads, max_len, self.head_dim, p.dtype, p.device)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=None,
+                 pad_token_id=None) -> torch.Tensor:
+        """Greedy decoding with a KV cache, token for token HF's ``generate(do_sample=False)``.
+
+        Returns the prompt followed by up to ``max_new_tokens`` argmax tokens. A row that emits one of the
+        ``eos_token_id`` (an int or a list; None: the checkpoint's; []: none) is finished: it keeps its eos and is
+        padded with ``pad_token_id`` (None: the checkpoint's, else the first eos id, as HF falls back) while the
+        other rows go on; decoding stops early once every row has finished. There is no attention mask: a prompt is
+        taken whole, so (unlike HF, which masks a prompt's pad tokens) rows must not be left-padded.
+        """
+        if isinstance(max_new_tokens, bool) or not hasattr(type(max_new_tokens), "__index__"):
+            raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
+        max_new_tokens = operator.index(max_new_tokens)  # numpy / 0-d tensor ints too
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        self.check_ids(input_ids, None)
+        eos = token_ids(eos_token_id, "eos_token_id") if eos_token_id is not None else self.eos_token_id
+        if pad_token_id is None:
+            pad_token_id = self.pad_token_id
+        elif not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
+            raise TypeError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
+        elif pad_token_id < 0:
+            raise ValueError(f"pad_token_id must be a non-negative token id, got {pad_token_id}")
+        if pad_token_id is None and eos:
+            pad_token_id = eos[0]
+        eos_ids = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
+
+        cache = self.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        out = [input_ids]
+        step = input_ids  # the prompt in one pass (prefill), then one token per step
+        for _ in range(max_new_tokens):
+            logits = self(step, cache=cache)
+            step = logits[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)
+            # a finished row shows pad, but the model is fed its argmax: always inside the vocabulary (a pad id
+            # need not be), and finished rows' outputs are never read, while the other rows do not see them
+            out.append(torch.where(unfinished[:, None], step, pad_token_id) if eos else step)
+            unfinished &= ~torch.isin(step[:, 0], eos_ids)
+            if not unfinished.any():
+                break
+        return torch.cat(out, dim=1)
+
+
+class PreNormLayer(nn.Module):
+    """``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``: the layer of the
+    Llama-style families (under the names their checkpoints use), attention taking positions for RoPE."""
+
+    def __init__(self, input_layernorm, self_attn, post_attention_layernorm, mlp):
+        super().__init__()
+        self.input_layernorm, self.self_attn = input_layernorm, self_attn
+        self.post_attention_layernorm, self.mlp = post_attention_layernorm, mlp
+
+    def forward(self, x, pos, cache, window):
+        x = x + self.self_attn(self.input_layernorm(x), pos, cache, window)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class RotaryLM(CausalLM):
+    """``lm_head(final_norm(layers(embed_tokens[ids])))``, each layer ``layer(x, pos, cache, window)`` with RoPE
+    positions: the Llama-style model. The final norm is stored as the attribute ``norm_name`` (the checkpoint's
+    name for it); the LM head is untied unless the checkpoint ties it."""
+
+    def __init__(self, c, layers, norm: nn.Module, *, norm_name: str, kv_heads: int):
+        super().__init__()
+        self.config = c
+        self.embed_tokens = nn.Embedding(c.vocab, c.hidden)
+        self.layers = nn.ModuleList(layers)
+        self.norm_name = norm_name
+        self.add_module(norm_name, norm)
+        self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
+        self.n_layers, self.n_kv_heads, self.head_dim = c.layers, kv_heads, c.hidden // c.heads
+
+    def forward(self, input_ids, cache=None):
+        self.check_ids(input_ids, cache)
+        pos = positions(cache, input_ids.shape[1], input_ids.device)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, pos, cache, self.window)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.lm_head(getattr(self, self.norm_name)(x))
