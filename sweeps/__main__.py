@@ -1,7 +1,11 @@
 """python -m sweeps OP [OP ...] | all  [--out CSV] [--dtypes bf16,fp16] [--modes fwd,bwd] [--providers ours,eager]"""
 
 import argparse
+import os
 from pathlib import Path
+
+# The interpreter runs many small numpy ops in each worker process: BLAS threads would only fight over the cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from kernels import _runtime as rt
 from sweeps.plan import DTYPES, NothingToRun, all_specs, providers

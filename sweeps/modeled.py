@@ -1,23 +1,31 @@
-"""Measuring without a GPU: :class:`Modeled` counts one provider on one case and models it on an H100.
+"""Measuring without a GPU: :class:`Modeled` counts each provider on each case and models it on an H100.
 
 Each provider runs once per case under ``kernels.count()`` (the Triton interpreter's counters and the aten
-counter, see ``kernels/perf/counters.py``): its forward, then, for the modes that need it, its backward, each
-counted on its own. The row's ``ms`` is the H100 roofline model of those counts (``kernels/perf/h100.py``), and
-``device`` says ``model:H100``: an attainable bound from counted work, never a measured time.
+counter, see ``kernels/perf/counters.py``): its forward, then its backward, each counted on its own, so one run
+serves the ``fwd``, ``bwd`` and ``fwd+bwd`` rows of the case. A row's ``ms`` is the H100 roofline model of those
+counts (``kernels/perf/h100.py``), and its ``device`` says ``model:H100``: an attainable bound from counted work,
+never a measured time.
 
-* Real sizes. The cases are the GPU sweep's. A launch of more than ``sample`` programs runs a stratified sample
-  of them and is scaled (the ``counted`` column says how many ran); kernels whose outputs steer later launches
-  (``OpSpec.count_exact``: the MoE router and dispatch) always run whole.
-* PyTorch providers (``eager``, ``compile`` and the torch peers) run on fake tensors: the aten counter needs
-  shapes only, so the eager attention's 16k x 16k score matrix is counted without being computed. A provider
-  fake tensors cannot run (data-dependent shapes, as the MoE reference's per-expert loop) runs on the real inputs.
+* Real sizes. The cases are the GPU sweep's. A launch of more than ``sample`` programs runs a spread-out sample of
+  them and is scaled (the ``counted`` column says how many ran); kernels whose outputs steer later launches
+  (``OpSpec.count_exact``: the MoE router and dispatch) always run whole. Persistent grids are sized for the
+  H100's 132 SMs.
+* PyTorch code (``eager``, SDPA) runs on fake tensors: the aten counter needs shapes only, so the eager
+  attention's 16k x 16k score matrix is counted without being computed. What fake tensors cannot run (Triton
+  kernels, which read memory; data-dependent shapes, as the MoE reference's per-expert loop) runs on the real
+  inputs.
 * bf16 is counted by running fp16: the interpreter computes bf16 wrong, and an fp16 run moves the same bytes, runs
   the same kernels and tiles and executes the same FLOPs at the same tensor-core peak (kernels/common/precision).
+* Cases are counted by ``workers`` processes in parallel (the interpreter is single-threaded); their rows are
+  written as each case's counts arrive, in order, so an interrupted sweep keeps every finished case.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import multiprocessing
+import os
 
 import torch
 
@@ -27,8 +35,9 @@ from kernels.perf import h100
 from kernels.perf.counters import Counter
 from kernels.spec import Case
 
-TORCH_PROVIDERS = ("eager", "compile")
-DEFAULT_SAMPLE = 64  # programs run per launch; more only sharpens estimates of uneven grids (causal attention)
+UNCOUNTABLE_COMPILE = ("torch.compile is not modeled: its fused Inductor kernels are generated code that neither "
+                       "counter sees (aten ops vanish into them); time it on a GPU")
+DEFAULT_SAMPLE = 16  # programs run per launch of a bigger grid; more only sharpens estimates of uneven grids
 
 
 class Modeled:
@@ -37,22 +46,51 @@ class Modeled:
     device = h100.DEVICE
     real_sizes = True
     stand_ins = {torch.bfloat16: torch.float16}
+    grads_always = True  # one case (inputs with gradients) serves every mode: forward and backward counted once
     notice = ("No GPU: every case is counted under the Triton interpreter at its real size and modeled on an H100 "
               "(device=model:H100): an attainable bound from counted FLOPs and bytes, not a measured time.")
 
-    def __init__(self, sample: int | None = DEFAULT_SAMPLE):
+    def __init__(self, sample: int | None = DEFAULT_SAMPLE, workers: int | None = None):
         self.sample = sample
-        self._phases: dict = {}  # (case key, provider) -> {"fwd": Counter, "bwd": Counter}
+        self.workers = workers or min(2, os.cpu_count() or 1)
+        self._phases: dict = {}  # (case key, provider) -> {"fwd": Counter, "bwd": Counter} or the exception
 
     def ceilings(self) -> dict:
         return h100.ceilings()
 
+    # ---------------------------------------------------------------------------------------------- counting
+
+    def prepare(self, groups, todo):
+        """Count the cases of ``groups`` (lists of work items sharing one case; ``todo(item)``: its providers still
+        to run) in ``workers`` processes; yield each group, in order, once its counts are in."""
+        jobs = [_Job.of(group, self.sample, todo) for group in groups]
+        if self.workers <= 1 or len(jobs) <= 1:
+            results = map(_count_job, jobs)
+        else:
+            pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
+            results = pool.imap(_count_job, jobs)
+        try:
+            for group, job, phases in zip(groups, jobs, results):
+                for provider, counted in phases.items():
+                    self._phases[(job.key, provider)] = counted
+                yield group
+        finally:
+            if self.workers > 1 and len(jobs) > 1:
+                pool.terminate()
+
+    def ready(self, key, provider: str) -> bool:
+        """Whether the counts of ``provider`` on the case ``key`` are in (the case need not be made again)."""
+        return (key, provider) in self._phases
+
     def measure(self, fn, case: Case, mode: str, *, provider: str = "ours", spec=None, key=None) -> dict:
-        phases = self._phases.get((key, provider)) if key is not None else None
+        if provider == "compile":
+            raise NotImplementedError(UNCOUNTABLE_COMPILE)
+        phases = self._phases.get((key, provider))
         if phases is None or (mode != "fwd" and "bwd" not in phases):
-            phases = self._count(fn, case, mode, provider, spec)
-            if key is not None:
-                self._phases[(key, provider)] = phases
+            phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else ())
+            self._phases[(key, provider)] = phases
+        if isinstance(phases, Exception):
+            raise phases
         counter = Counter([r for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))
                            for r in phases[phase].records])
         sampled = [r for r in counter.records if r.programs_run < r.programs]
@@ -60,36 +98,42 @@ class Modeled:
             "ms": h100.modeled_ms(counter), "flops_exec": counter.flops, "bytes_exec": counter.bytes,
             "launches": counter.launches, "programs": counter.programs,
             "counted": (f"{sum(r.programs_run for r in sampled)} of {sum(r.programs for r in sampled)} programs of "
-                        f"{len(sampled)} launches sampled" if sampled else "all programs"),
+                        f"{len(sampled)} launches run" if sampled else "every program"),
         }
 
-    def _count(self, fn, case: Case, mode: str, provider: str, spec) -> dict:
-        exact = spec.count_exact if spec is not None else ()
-        if provider in TORCH_PROVIDERS or getattr(fn, "torch_only", False):
-            try:
-                return self._count_phases(fn, _fake(case), mode, exact)
-            except Exception:  # noqa: BLE001  (data-dependent shapes: count on the real inputs instead)
-                pass
-        return self._count_phases(fn, case, mode, exact)
 
-    def _count_phases(self, fn, case: Case, mode: str, exact) -> dict:
-        # On fake inputs the fake mode stays on, beneath the counter, so that tensors the provider creates (masks,
-        # position tables) are fake too. Persistent grids are sized for the H100's SMs, as they would be there.
-        with getattr(case, "fake_mode", contextlib.nullcontext()), rt.modeled_sms(h100.SMS):
-            return self._count_phases_in(fn, case, mode, exact)
+def count_phases(fn, case: Case, backward: bool, sample, exact) -> dict:
+    """{"fwd": Counter, "bwd": Counter (when ``backward``)} of ``fn`` on ``case``, with the H100's grids.
 
-    def _count_phases_in(self, fn, case: Case, mode: str, exact) -> dict:
-        with kernels.count(sample=self.sample, exact=exact) as fwd:
+    Fake tensors first: counting needs shapes only, so whatever runs on them (PyTorch code: eager, SDPA) is
+    counted without computing anything. Triton kernels read real memory, so they fail there at once and run on
+    the real inputs; so do providers with data-dependent shapes."""
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # it logs every op fake tensors cannot run
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        with contextlib.suppress(Exception):
+            fake = _fake(case)
+            # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
+            with fake.fake_mode:
+                return _count_phases(fn, fake, backward, sample, exact)
+    finally:
+        quiet.level = level
+    return _count_phases(fn, case, backward, sample, exact)
+
+
+def _count_phases(fn, case: Case, backward: bool, sample, exact) -> dict:
+    with rt.modeled_sms(h100.SMS):
+        with kernels.count(sample=sample, exact=exact) as fwd:
             outs = fn(*case.args, **case.kwargs)
         phases = {"fwd": fwd}
-        if mode != "fwd":
+        if backward:
             outs = [o for o in (outs if isinstance(outs, (tuple, list)) else (outs,))
                     if isinstance(o, torch.Tensor) and o.requires_grad]
             cotangents = [torch.ones_like(o) for o in outs]  # made outside the count: not the backward's work
-            with kernels.count(sample=self.sample, exact=exact) as bwd:
+            with kernels.count(sample=sample, exact=exact) as bwd:
                 torch.autograd.grad(outs, case.grad_inputs(), cotangents)
             phases["bwd"] = bwd
-        return phases
+    return phases
 
 
 def _fake(case: Case) -> Case:
@@ -104,3 +148,47 @@ def _fake(case: Case) -> Case:
     fake = Case(tuple(convert(a) for a in case.args), {k: convert(v) for k, v in case.kwargs.items()})
     fake.fake_mode = mode
     return fake
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+class _Job:
+    """What a worker needs to count one case: plain data (the spec is looked up again by name there)."""
+
+    def __init__(self, op, dims, dtype, run_dtype, backward, providers, sample, key):
+        self.op, self.dims, self.dtype, self.run_dtype = op, dims, dtype, run_dtype
+        self.backward, self.providers, self.sample, self.key = backward, providers, sample, key
+
+    @classmethod
+    def of(cls, group, sample, todo):
+        item = group[0]
+        providers = list(dict.fromkeys(p for it in group for p in todo(it) if p != "compile"))
+        return cls(item.spec.name, item.dims, item.dtype, item.run_dtype,
+                   any(it.mode != "fwd" for it in group), providers, sample, item.case_key())
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _count_job(job: _Job) -> dict:
+    """provider -> its phases, or the exception that stopped it (recorded in its rows by the parent)."""
+    from sweeps.plan import all_specs, providers
+
+    spec = all_specs()[job.op]
+    factories = providers(spec, None)
+    try:
+        case = spec.make_case(job.dims, job.run_dtype or job.dtype, rt.DEVICE, requires_grad=job.backward)
+    except Exception as e:  # noqa: BLE001  (the parent records it in every row of the case)
+        return {p: RuntimeError(f"{type(e).__name__}: {e}") for p in job.providers}
+    out = {}
+    for provider in job.providers:
+        try:
+            fn = factories[provider]()
+            if fn is None:
+                continue  # unavailable here: the parent's own factory says so too, and writes no row
+            out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact)
+        except Exception as e:  # noqa: BLE001
+            out[provider] = RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return out

@@ -72,8 +72,9 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
               + (f"; {len(store.failed)} failed ones are retried where selected" if store.failed else ""))
 
     sweep = _Sweep(store, measurer, total=sum(len(item.providers) for item in items))
-    for item in items:
-        sweep.run(item)
+    for group in _prepared(measurer, _by_case(items), sweep.todo):
+        for item in group:
+            sweep.run(item)
     sweep.bar.close()
     if sweep.fns.unavailable:
         print("not available here, skipped: " + ", ".join(sweep.fns.unavailable))
@@ -98,14 +99,20 @@ class _Sweep:
         self.bar = tqdm(total=total, desc="sweep", unit="run")
         self.written = 0
 
+    def todo(self, item: WorkItem) -> list[str]:
+        """The providers of ``item`` the CSV has no finished row of."""
+        return [p for p in item.providers if not self.store.finished(self.key_columns(item, p))]
+
     def run(self, item: WorkItem) -> None:
         """Measure, on one set of inputs, each provider of ``item`` the CSV has no finished row of."""
-        todo = [p for p in item.providers if not self.store.finished(self.key_columns(item, p))]
+        todo = self.todo(item)
         self.bar.update(len(item.providers) - len(todo))
         if not todo:
             return
         self.bar.set_postfix_str(item.label())
-        case = _make_case(item)
+        ready = getattr(self.measurer, "ready", lambda key, provider: False)
+        # a measurer that already counted this case needs no inputs (real-sized ones take a while to make)
+        case = None if all(ready(item.case_key(), p) for p in todo) else _make_case(item)
         for provider in todo:
             fn = self.fns.get(item, provider)
             if fn is not None:  # None: unavailable here, no row
@@ -141,6 +148,30 @@ class _Sweep:
         eager_ms = ms if provider == "eager" else self.store.eager_ms(self.key_columns(item, provider))
         columns["speedup"] = eager_ms / ms if eager_ms else None
         return columns
+
+
+def _by_case(items: list[WorkItem]) -> list[list[WorkItem]]:
+    """Consecutive items on the same inputs (the modes of one case), grouped."""
+    groups: list[list[WorkItem]] = []
+    for item in items:
+        if groups and groups[-1][0].case_key() == item.case_key():
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _prepared(measurer, groups, todo):
+    """The groups in order, each once the measurer has done what it does ahead (counting, in parallel)."""
+    prepare = getattr(measurer, "prepare", None)
+    if prepare is None:
+        yield from groups
+        return
+    pending = [g for g in groups if any(todo(item) for item in g)]
+    ready = iter(prepare(pending, todo))
+    for group in groups:
+        # a group with work comes when the measurer is done with it; one without (resumed) passes at once
+        yield next(ready) if group in pending else group
 
 
 def roofline(item: WorkItem, ms: float, ceilings: dict) -> dict:

@@ -23,8 +23,8 @@ kernels — with the torch ops their wrappers run around the launches (a ``zeros
 ``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
 a reference can be counted at sizes too big to run here.
 
-Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, one from the middle of each
-of S equal strides of the program ids, and its counts are scaled by programs / programs run. Exact when the
+Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, spread evenly over the
+program ids (a golden-ratio sequence), and its counts are scaled by programs / programs run. Exact when the
 programs do equal work (GEMM tiles, rows of a norm), an estimate when the work varies smoothly with the program
 id (causal attention: the error is below a tile per program), wrong when later launches depend on the values of
 the skipped programs: kernels named in ``exact`` always run whole (the MoE router and dispatch). ``Launch``
@@ -138,11 +138,17 @@ def _as_fp32(handle):
     return handle.data.astype(np.float32)
 
 
+_GOLDEN = (5**0.5 - 1) / 2
+
+
 def _sampled_ids(total: int, sample: int | None) -> list[int]:
-    """Program ids to run: all, or the middle one of each of ``sample`` equal strides."""
+    """Program ids to run: all, or ``sample`` of them spread by a golden-ratio (Weyl) sequence over the flattened
+    ids. Equal strides would not do: with the grid's first axis fastest, a stride that is a multiple of its size
+    picks the same first-axis index every time (the same query block of every head, say), while the Weyl points
+    fall evenly on every axis."""
     if sample is None or total <= sample:
         return list(range(total))
-    return [int((i + 0.5) * total / sample) for i in range(sample)]
+    return sorted({int(((i + 0.5) * _GOLDEN) % 1.0 * total) for i in range(sample)})
 
 
 def _run_grid(executor, args_dev, kwargs, sample):
