@@ -1,0 +1,62 @@
+"""A plain install (no extras) is a working library: ``import kernels, models``, ``python -m sweeps`` and
+``python -m plots`` need neither hypothesis nor transformers (test-only and optional-peer dependencies).
+
+Each check runs in a fresh interpreter whose import system refuses those two packages, as on a machine where
+``pip install .`` put only the core dependencies.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = textwrap.dedent("""
+    import sys
+
+    class _NotInstalled:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("hypothesis", "transformers"):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+
+    sys.meta_path.insert(0, _NotInstalled())
+""")
+
+
+def _run(code: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "SWEEP_OUT": str(tmp_path)})
+
+
+def test_the_hiding_works(tmp_path):
+    proc = _run("import hypothesis", tmp_path)
+    assert proc.returncode != 0 and "hidden by the test" in proc.stderr
+
+
+def test_library_imports_without_test_tooling(tmp_path):
+    proc = _run("""
+        import kernels, models, kernels.perf, models.sweep
+        import sweeps.runner, plots.__main__
+        assert callable(kernels.attention) and len(kernels.OPS) >= 7
+        print("ok")
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", ["sweeps", "plots"])
+def test_clis_run_without_test_tooling(command, tmp_path):
+    csv = tmp_path / "s.csv"
+    proc = _run(f"""
+        import runpy, sys
+        sys.argv = ["sweeps", "layer_norm", "--modes", "fwd", "--max-seqlen", "512", "--out", {str(csv)!r}]
+        runpy.run_module("sweeps", run_name="__main__")
+        if {command!r} == "plots":
+            sys.argv = ["plots", {str(csv)!r}, "--out", {str(tmp_path / "s.png")!r}]
+            runpy.run_module("plots", run_name="__main__")
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert csv.exists()
+    if command == "plots":
+        assert list(tmp_path.glob("*.png"))
