@@ -1,16 +1,16 @@
-"""python -m plots CSV [CSV ...] [--out FILE.png]
+"""python -m plots CSV [CSV ...] [--out DIR_OR_PREFIX]
 
-Two figures from sweep CSVs: speedup over eager PyTorch versus sequence length (``FILE.png``) and achieved
-percent of the roofline (``FILE_roofline.png``). One panel per op/mode/dtype/params, one line per provider (per
-provider, device and commit when the CSVs hold several devices or commits), log2 x-axis, the device, commit and
-date in the title.
+From sweep CSVs: one figure per op, ``PREFIX_<op>.png`` (see plots/figures.py: per mode/dtype/params, speedup over
+eager and achieved TFLOP/s or GB/s against the ceiling, versus sequence length; a line per provider, device and
+commit, modeled rows dashed), and a summary table (plots/summary.py), printed and written to
+``PREFIX_summary.csv``. An input that is not a sweep CSV gets one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import functools
+import os
 from pathlib import Path
 
 import matplotlib
@@ -19,9 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-PANEL = ["op", "mode", "dtype", "params"]
-# the columns the figures read; a CSV without them is not a sweep's
-REQUIRED = PANEL + ["provider", "seqlen", "speedup", "pct_roofline", "device", "commit", "timestamp"]
+from plots.figures import build_lines, device_label, draw_op, kind_of  # noqa: E402
+from plots.summary import failed, render, summary  # noqa: E402
+
+# the columns the figures need; a CSV without them is not a sweep's
+REQUIRED = ["op", "mode", "dtype", "params", "provider", "seqlen", "speedup", "device", "commit", "timestamp"]
+# columns read where present (older CSVs, or rows that have none): missing ones are read as empty
+OPTIONAL = ["ms", "ms_p20", "ms_p80", "tflops", "gbps", "error", "copy_gbps", "matmul_tflops", "flops_exec",
+            "flops_useful", "bytes_exec", "bytes_min"]
 
 
 class NotASweep(Exception):
@@ -46,94 +51,76 @@ def load(paths: list[Path]) -> pd.DataFrame:
         if missing:
             raise NotASweep(f"{path} is not a sweep CSV (python -m sweeps writes those): "
                             f"it has no column {', '.join(missing)}")
-        frames.append(frame)
+        frames.append(frame.assign(**{c: float("nan") for c in OPTIONAL if c not in frame}))
     return pd.concat(frames, ignore_index=True)
 
 
-def line_labels(df: pd.DataFrame) -> pd.Series:
-    """Each row's line in its panel: the provider, with the device and the commit where ``df`` holds several.
+def prefix_of(out: str | None, first: Path) -> Path:
+    """Where the files go: ``<prefix>_<op>.png`` and ``<prefix>_summary.csv``.
 
-    Rows of two devices (or commits) are two measurements, not one: on a single provider line they would make it
-    zig-zag between the machines.
+    No ``--out``: the first CSV less its suffix. A directory (existing, or written with a trailing slash): the
+    first CSV's name in it. A ``.png`` name: that name less ``.png``. Anything else: the prefix itself.
     """
-    labels = df["provider"].astype(str)
-    for column in ("device", "commit"):
-        if df[column].nunique(dropna=False) > 1:
-            labels = labels + " · " + df[column].astype(str)
-    return labels
+    if out is None:
+        return first.with_suffix("")
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / first.stem
+    return Path(out).with_suffix("") if out.lower().endswith(".png") else Path(out)
 
 
-def _panel_title(key) -> str:
-    op, mode, dtype, params = key
-    extra = ", ".join(f"{k}={v}" for k, v in json.loads(params).items() if k not in ("rows", "tokens"))
-    return f"{op} {mode} {dtype}\n{extra}"
+def _slug(name) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "-" for c in str(name))
 
 
-def draw(df: pd.DataFrame, column: str, ylabel: str, title: str, baseline=None) -> plt.Figure:
-    """The figure of ``column`` versus seqlen: one panel per PANEL key, one line per :func:`line_labels` label."""
-    df = df.assign(line=line_labels(df))
-    panels = list(df.groupby(PANEL, sort=False))
-    cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-    provider_of = dict(zip(df["line"], df["provider"]))
-    lines = sorted(provider_of, key=lambda line: (provider_of[line] != "ours", line))
-    colors = {line: plt.cm.tab10(i % 10) for i, line in enumerate(lines)}
-    for ax, (key, group) in zip(axes.flat, panels):
-        for line, g in group.groupby("line"):
-            g = g.dropna(subset=[column]).sort_values("seqlen")
-            if len(g):
-                ax.plot(g["seqlen"], g[column], marker="o", label=line, color=colors[line],
-                        linewidth=2.2 if provider_of[line] == "ours" else 1.2)
-        if baseline is not None:
-            ax.axhline(baseline, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xscale("log", base=2)
-        ax.set_title(_panel_title(key), fontsize=8)
-        ax.set_xlabel("sequence length (tokens)", fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    handles = [plt.Line2D([], [], color=colors[line], marker="o", label=line) for line in lines]
-    fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    return fig
+def _stamp(df: pd.DataFrame) -> str:
+    devices = ", ".join(device_label(d) for d in sorted(df["device"].astype(str).unique()))
+    dtypes = ", ".join(sorted(df["dtype"].astype(str).unique()))
+    commits = ", ".join(sorted(df["commit"].astype(str).unique()))
+    return f"{devices} · {dtypes} · commit {commits} · {str(df['timestamp'].max())[:10]}"
 
 
-def figure(df: pd.DataFrame, column: str, ylabel: str, title: str, out: Path, baseline=None) -> Path:
-    fig = draw(df, column, ylabel, title, baseline)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def write_figures(df: pd.DataFrame, prefix: Path) -> list[Path]:
+    """One PNG per op of ``df``'s successful rows; a line per provider, device and commit (labels over all ops)."""
+    lines_of = functools.partial(build_lines, several_devices=df["device"].nunique(dropna=False) > 1,
+                                 several_commits=df["commit"].nunique(dropna=False) > 1)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for op, rows in df.groupby("op", sort=False):
+        fig = draw_op(rows, str(op), lines_of, _stamp(rows))
+        path = prefix.with_name(f"{prefix.name}_{_slug(op)}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m plots", description="Plot sweep CSVs.")
+    parser = argparse.ArgumentParser(prog="python -m plots", description="Plot sweep CSVs: a PNG per op and a "
+                                     "summary table (geometric-mean speedup over eager per op and provider).")
     parser.add_argument("csv", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, help="speedup figure (default: the first CSV with .png)")
+    parser.add_argument("--out", help="a directory or a file prefix: writes PREFIX_<op>.png and PREFIX_summary.csv "
+                        "(default: the first CSV less .csv)")
     args = parser.parse_args(argv)
     try:
         df = load(args.csv)
     except NotASweep as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")  # one line, no traceback: the input is wrong, not the code
-    df = df[df["error"].isna() | (df["error"] == "")] if "error" in df else df
-    if df.empty:
+    prefix = prefix_of(args.out, args.csv[0])
+    table = summary(df)
+    print(render(table))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(prefix.with_name(prefix.name + "_summary.csv"), index=False)
+    ok = df[~failed(df)]
+    if ok.empty:
         raise SystemExit("no successful rows to plot")
-    out = args.out or args.csv[0].with_suffix(".png")
-    devices = ", ".join(sorted(df["device"].astype(str).unique()))
-    commits = ", ".join(sorted(df["commit"].astype(str).unique()))
-    day = str(df["timestamp"].max())[:10]
-    note = " — interpreter timings, NOT performance" if "interpreter" in devices else ""
-    stamp = f"{devices} · commit {commits} · {day}{note}"
-    speed = figure(df, "speedup", "speedup over eager PyTorch (×)", f"Speedup vs sequence length — {stamp}", out,
-                   baseline=1.0)
-    roof = figure(df, "pct_roofline", "% of roofline", f"Achieved % of roofline — {stamp}",
-                  out.with_name(out.stem + "_roofline.png"))
-    print(f"wrote {speed} and {roof}")
-
+    written = write_figures(ok, prefix)
+    print(f"wrote {prefix.name}_summary.csv and {len(written)} figure(s) in {prefix.parent}: "
+          + ", ".join(p.name for p in written))
+    kinds = {kind_of(d) for d in ok["device"].unique()}
+    if "modeled" in kinds:
+        print("note: model:* rows are modeled from counted work (an attainable bound, not a measurement)")
+    if "interpreter" in kinds:
+        print("note: interpreter rows are the Triton interpreter's wall-clock, not performance")
 
 if __name__ == "__main__":
     main()

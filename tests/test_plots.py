@@ -1,30 +1,47 @@
-"""python -m plots: bad inputs get one line and exit code 2; CSVs of several devices or commits get a line each."""
+"""python -m plots: bad inputs get one line and exit code 2; CSVs of several devices or commits get a line each;
+one figure per op; modeled and timed rows are separate lines; a provider's colour is fixed; the p20-p80 band only
+where the rows have one; the summary's geometric means."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.figure
 import numpy as np
 import pandas as pd
 import pytest
 
 import plots.__main__ as plots_main
+from plots.figures import PROVIDER_COLORS, build_lines, provider_color, throughput_metric
+from plots.summary import geomean, summary
 from sweeps.runner import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQLENS = (8, 16, 32)
 
 
-def write_sweep(path: Path, device: str, commit: str, ours_speedup: float) -> Path:
-    """A small sweep CSV as python -m sweeps writes it: eager and ours, one panel, three seqlens."""
-    rows = [{"op": "layer_norm", "provider": provider, "mode": "fwd", "dtype": "fp32", "seqlen": seqlen,
+def sweep_rows(device: str, commit: str, ours_speedup: float, op: str = "layer_norm", **extra) -> list[dict]:
+    """Rows as python -m sweeps writes them: eager and ours, one panel, three seqlens (``extra``: more columns)."""
+    return [{"op": op, "provider": provider, "mode": "fwd", "dtype": "fp32", "seqlen": seqlen,
              "params": '{"hidden": 256}', "ms": 1.0, "speedup": 1.0 if provider == "eager" else ours_speedup,
              "pct_roofline": 10.0 if provider == "eager" else 10.0 * ours_speedup, "device": device,
-             "commit": commit, "timestamp": "2025-01-01T00:00:00+00:00", "error": ""}
+             "commit": commit, "timestamp": "2025-01-01T00:00:00+00:00", "error": "", **extra}
             for provider in ("eager", "ours") for seqlen in SEQLENS]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
     pd.DataFrame(rows, columns=COLUMNS).to_csv(path, index=False)
     return path
+
+
+def write_sweep(path: Path, device: str, commit: str, ours_speedup: float) -> Path:
+    return write_rows(path, sweep_rows(device, commit, ours_speedup))
+
+
+def _labelled_lines(fig) -> list:
+    """The provider lines of a figure's speedup panels (the throughput panels' lines are ``_``-labelled)."""
+    return [line for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -70,7 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make, says):
 
 
 def _saved_figures(monkeypatch, argv) -> list[matplotlib.figure.Figure]:
-    """Run python -m plots in-process and return the figures it saved (speedup first, then roofline)."""
+    """Run python -m plots in-process and return the figures it saved (one per op)."""
     saved, real_savefig = [], matplotlib.figure.Figure.savefig
 
     def savefig(self, *args, **kwargs):
@@ -90,22 +107,136 @@ def test_each_device_and_commit_gets_its_own_line(tmp_path, monkeypatch, differ)
     second = write_sweep(tmp_path / "b.csv", **b, ours_speedup=0.5)
 
     figures = _saved_figures(monkeypatch, [str(first), str(second), "--out", str(tmp_path / "both.png")])
-    assert len(figures) == 2
-    for fig in figures:
-        plotted = [line for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
-        labels = sorted(line.get_label() for line in plotted)
-        assert labels == sorted(f"{p} · {run[differ]}" for p in ("eager", "ours") for run in (a, b))
-        for line in plotted:  # one point per seqlen, left to right: no zig-zag between the two runs
-            assert list(line.get_xdata()) == list(SEQLENS)
-        ours_a = next(line for line in plotted if line.get_label() == f"ours · {a[differ]}")
-        scale = 1.0 if fig is figures[0] else 10.0
-        np.testing.assert_allclose(ours_a.get_ydata(), [2.0 * scale] * len(SEQLENS))
+    assert len(figures) == 1  # one op
+    assert (tmp_path / "both_layer_norm.png").exists() and (tmp_path / "both_summary.csv").exists()
+    plotted = _labelled_lines(figures[0])
+    labels = sorted(line.get_label() for line in plotted)
+    assert labels == sorted(f"{p} · {run[differ]}" for p in ("eager", "ours") for run in (a, b))
+    for line in plotted:  # one point per seqlen, left to right: no zig-zag between the two runs
+        assert list(line.get_xdata()) == list(SEQLENS)
+    ours_a = next(line for line in plotted if line.get_label() == f"ours · {a[differ]}")
+    np.testing.assert_allclose(ours_a.get_ydata(), [2.0] * len(SEQLENS))
 
 
 def test_one_device_keeps_one_line_per_provider(tmp_path, monkeypatch):
     csv = write_sweep(tmp_path / "a.csv", device="NVIDIA H100", commit="aaaaaaa", ours_speedup=2.0)
     figures = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "a.png")])
     for fig in figures:
-        labels = sorted(line.get_label() for ax in fig.axes for line in ax.get_lines()
-                        if not line.get_label().startswith("_"))
-        assert labels == ["eager", "ours"]
+        assert sorted(line.get_label() for line in _labelled_lines(fig)) == ["eager", "ours"]
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def test_one_figure_per_op(tmp_path, monkeypatch):
+    rows = sweep_rows("NVIDIA H100", "aaaaaaa", 2.0) + sweep_rows("NVIDIA H100", "aaaaaaa", 3.0, op="attention")
+    csv = write_rows(tmp_path / "two.csv", rows)
+    figures = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "figs") + "/"])
+    assert len(figures) == 2
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "two_attention.png", "two_layer_norm.png", "two_summary.csv"]
+    titles = [fig._suptitle.get_text() for fig in figures]
+    assert any(t.startswith("layer_norm") for t in titles) and any(t.startswith("attention") for t in titles)
+    assert all("NVIDIA H100" in t and "fp32" in t for t in titles)
+
+
+def test_modeled_and_timed_rows_are_two_lines(tmp_path, monkeypatch):
+    rows = sweep_rows("model:H100", "aaaaaaa", 2.0) + sweep_rows("NVIDIA H100", "aaaaaaa", 1.5)
+    lines = build_lines(pd.DataFrame(rows))
+    ours = [line for line in lines if line.provider == "ours"]
+    assert sorted(line.kind for line in ours) == ["measured", "modeled"]
+    assert all(len(line.rows) == len(SEQLENS) for line in ours)
+
+    csv = write_rows(tmp_path / "mixed.csv", rows)
+    (fig,) = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "m")])
+    style = {line.get_label(): line.get_linestyle() for line in _labelled_lines(fig)}
+    assert style == {"ours · model:H100 (modeled, not measured)": "--", "ours · NVIDIA H100": "-",
+                     "eager · model:H100 (modeled, not measured)": "--", "eager · NVIDIA H100": "-"}
+    assert "model:H100 (modeled, not measured)" in fig._suptitle.get_text()
+
+
+def test_a_provider_keeps_its_colour_across_figures(tmp_path, monkeypatch):
+    rows = (sweep_rows("NVIDIA H100", "aaaaaaa", 2.0) + sweep_rows("NVIDIA H100", "aaaaaaa", 3.0, op="attention")
+            + [dict(r, provider="newcomer") for r in sweep_rows("NVIDIA H100", "aaaaaaa", 3.0, op="attention")])
+    csv = write_rows(tmp_path / "c.csv", rows)
+    figures = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "c")])
+    colours = [{line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in _labelled_lines(fig)}
+               for fig in figures]
+    assert colours[0]["ours"] == colours[1]["ours"] == PROVIDER_COLORS["ours"]
+    assert colours[0]["eager"] == colours[1]["eager"] == PROVIDER_COLORS["eager"]
+    assert colours[1]["newcomer"] == provider_color("newcomer") not in PROVIDER_COLORS.values()
+
+
+def _bands(fig) -> int:
+    return sum(len(ax.collections) for ax in fig.axes)
+
+
+def test_band_only_where_rows_have_p20_and_p80(tmp_path, monkeypatch):
+    plain = write_rows(tmp_path / "plain.csv", sweep_rows("NVIDIA H100", "aaaaaaa", 2.0))
+    (fig,) = _saved_figures(monkeypatch, [str(plain), "--out", str(tmp_path / "plain")])
+    assert _bands(fig) == 0
+
+    timed = write_rows(tmp_path / "timed.csv", sweep_rows("NVIDIA H100", "aaaaaaa", 2.0, ms_p20=0.8, ms_p80=1.25))
+    (fig,) = _saved_figures(monkeypatch, [str(timed), "--out", str(tmp_path / "timed")])
+    assert _bands(fig) == 2  # eager and ours on the speedup panel (no throughput in these rows)
+    speed_ax = next(ax for ax in fig.axes if ax.collections)
+    ours = next(c for c in speed_ax.collections
+                if matplotlib.colors.to_hex(c.get_facecolor()[0]) == PROVIDER_COLORS["ours"])
+    ys = ours.get_paths()[0].vertices[:, 1]
+    np.testing.assert_allclose([ys.min(), ys.max()], [2.0 / 1.25, 2.0 / 0.8])  # eager_ms / p80 .. eager_ms / p20
+
+
+def test_error_rows_are_not_drawn(tmp_path, monkeypatch):
+    rows = sweep_rows("NVIDIA H100", "aaaaaaa", 2.0)
+    rows[-1] = dict(rows[-1], error="OutOfMemoryError: out of memory", speedup=float("nan"))
+    csv = write_rows(tmp_path / "e.csv", rows)
+    (fig,) = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "e")])
+    ours = next(line for line in _labelled_lines(fig) if line.get_label() == "ours")
+    assert list(ours.get_xdata()) == list(SEQLENS[:-1])
+
+
+def test_throughput_panel_picks_the_nearer_roof_and_draws_its_ceiling(tmp_path, monkeypatch):
+    ceilings = {"copy_gbps": 3000.0, "matmul_tflops": 800.0}
+    norm = pd.DataFrame(sweep_rows("model:H100", "a", 2.0, flops_useful=4e6, bytes_min=2e6, **ceilings))
+    attention = pd.DataFrame(sweep_rows("model:H100", "a", 2.0, flops_useful=1e12, bytes_min=1e8, **ceilings))
+    assert throughput_metric(norm) == ("gbps", "GB/s", "copy_gbps")
+    assert throughput_metric(attention) == ("tflops", "TFLOP/s", "matmul_tflops")
+
+    csv = write_rows(tmp_path / "t.csv", sweep_rows("model:H100", "a", 2.0, op="attention", flops_useful=1e12,
+                                                    bytes_min=1e8, tflops=100.0, gbps=10.0, **ceilings))
+    (fig,) = _saved_figures(monkeypatch, [str(csv), "--out", str(tmp_path / "t")])
+    throughput_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "achieved TFLOP/s")
+    dashed_flat = [line.get_ydata()[0] for line in throughput_ax.get_lines() if line.get_label() == "_ceiling"]
+    assert dashed_flat == [800.0]
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def test_summary_geometric_means(tmp_path, capsys):
+    rows = [dict(r, flops_exec=0.0, flops_useful=1.0, bytes_exec=1.0, bytes_min=1.0)
+            for r in sweep_rows("model:H100", "aaaaaaa", 1.0)]
+    ours = [r for r in rows if r["provider"] == "ours"]
+    for r, speedup, flops, nbytes in zip(ours, (2.0, 8.0, 5.0), (1.0, 4.0, 9.0), (2.0, 8.0, 9.0)):
+        r.update(speedup=speedup, flops_exec=flops, bytes_exec=nbytes)
+    ours[2]["error"] = "RuntimeError: boom"  # counted, left out of the means
+    csv = write_rows(tmp_path / "s.csv", rows)
+    plots_main.main([str(csv), "--out", str(tmp_path / "s")])
+
+    table = pd.read_csv(tmp_path / "s_summary.csv").set_index("provider")
+    assert table.loc["ours", "rows"] == 2 and table.loc["ours", "errors"] == 1
+    assert table.loc["ours", "geomean_speedup"] == pytest.approx(4.0)  # sqrt(2 * 8)
+    assert table.loc["ours", "flops_exec/useful"] == pytest.approx(2.0)  # sqrt(1 * 4)
+    assert table.loc["ours", "bytes_exec/min"] == pytest.approx(4.0)  # sqrt(2 * 8)
+    assert table.loc["eager", "geomean_speedup"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["eager", "flops_exec/useful"])  # no FLOPs counted: no mean, not 0
+    out = capsys.readouterr().out
+    assert "geomean_speedup" in out and "4.000" in out
+
+
+def test_summary_has_no_work_ratios_for_timed_rows():
+    rows = pd.DataFrame(sweep_rows("NVIDIA H100", "a", 3.0, flops_exec=2.0, flops_useful=1.0))
+    table = summary(rows).set_index("provider")
+    assert table.loc["ours", "geomean_speedup"] == pytest.approx(3.0)
+    assert np.isnan(table.loc["ours", "flops_exec/useful"])
+    assert np.isnan(geomean([0.0, -1.0, float("nan")]))
