@@ -12,7 +12,12 @@ import pytest
 import plots.__main__ as plots_main
 from kernels import OPS, _runtime
 from sweeps import plan, runner
+from sweeps.modeled import Modeled
 from sweeps.store import KEY
+from sweeps.timing import Timer
+
+# The runner's mechanics (resume, failures, retries) under the cheapest measurer: interpreter timings at tiny sizes.
+TIMER = Timer()
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,7 @@ def spec():
 def test_interrupted_sweep_resumes(tmp_path, spec, monkeypatch):
     out = tmp_path / "ln.csv"
     full = tmp_path / "full.csv"
-    runner.run([spec], full, modes=["fwd", "bwd"])
+    runner.run([spec], full, modes=["fwd", "bwd"], measurer=TIMER)
     expected = pd.read_csv(full, dtype={"params": str})
     assert (expected["error"].isna()).all(), expected["error"].dropna().tolist()
 
@@ -38,11 +43,11 @@ def test_interrupted_sweep_resumes(tmp_path, spec, monkeypatch):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
     with pytest.raises(KeyboardInterrupt):
-        runner.run([spec], out, modes=["fwd", "bwd"])
+        runner.run([spec], out, modes=["fwd", "bwd"], measurer=TIMER)
     monkeypatch.undo()
     assert len(pd.read_csv(out)) == 3
 
-    runner.run([spec], out, modes=["fwd", "bwd"])
+    runner.run([spec], out, modes=["fwd", "bwd"], measurer=TIMER)
     resumed = pd.read_csv(out, dtype={"params": str})
     assert not resumed.duplicated(KEY).any()
     assert sorted(map(tuple, resumed[KEY].values.tolist())) == sorted(map(tuple, expected[KEY].values.tolist()))
@@ -62,7 +67,7 @@ def test_failures_are_rows(tmp_path, spec):
 
     bad = dataclasses.replace(spec, name="broken_norm", fn=broken,
                               peers={"unavailable": lambda: None, "no_library": no_library})
-    out = runner.run([bad], tmp_path / "bad.csv", modes=["fwd"])
+    out = runner.run([bad], tmp_path / "bad.csv", modes=["fwd"], measurer=TIMER)
     df = pd.read_csv(out)
     ours = df[df["provider"] == "ours"]
     assert ours["error"].str.contains("MemoryError").all() and ours["ms"].isna().all()
@@ -71,11 +76,11 @@ def test_failures_are_rows(tmp_path, spec):
     assert df[df["provider"] == "eager"]["ms"].notna().all()  # the sweep went on
 
 
-def test_plot_writes_both_figures(tmp_path, spec):
-    out = runner.run([spec], tmp_path / "p.csv", modes=["fwd"])
+def test_a_sweep_plots(tmp_path, spec):
+    out = runner.run([spec], tmp_path / "p.csv", modes=["fwd"], measurer=TIMER)
     plots_main.main([str(out), "--out", str(tmp_path / "p.png")])
-    assert (tmp_path / "p.png").stat().st_size > 10_000
-    assert (tmp_path / "p_roofline.png").stat().st_size > 10_000
+    assert (tmp_path / "p_layer_norm.png").stat().st_size > 10_000
+    assert (tmp_path / "p_summary.csv").exists()
 
 
 # ------------------------------------------------------------------------------------------------ retrying failures
@@ -87,13 +92,14 @@ def test_failed_rows_are_retried_on_resume(tmp_path, spec, capsys):
     def broken(*args, **kwargs):
         raise MemoryError("pretend out of memory")
 
-    runner.run([dataclasses.replace(spec, fn=broken)], out, modes=["fwd"], max_seqlen=16)
+    runner.run([dataclasses.replace(spec, fn=broken)], out, modes=["fwd"], max_seqlen=16, measurer=TIMER)
     first = pd.read_csv(out, dtype={"params": str})
     first_text = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert first.loc[first["provider"] == "ours", "error"].str.contains("MemoryError").all()
     assert first.loc[first["provider"] == "eager", "error"].isna().all()
 
-    runner.run([spec], out, modes=["fwd"], max_seqlen=16)  # the op works now: its failed rows are run again
+    # the op works now: its failed rows are run again
+    runner.run([spec], out, modes=["fwd"], max_seqlen=16, measurer=TIMER)
     retried = pd.read_csv(out, dtype={"params": str})
     assert not retried.duplicated(KEY).any()
     assert sorted(map(tuple, retried[KEY].values.tolist())) == sorted(map(tuple, first[KEY].values.tolist()))
@@ -107,7 +113,7 @@ def test_failed_rows_are_retried_on_resume(tmp_path, spec, capsys):
     pd.testing.assert_frame_equal(eager_after, eager_before)
 
     capsys.readouterr()
-    runner.run([spec], out, modes=["fwd"], max_seqlen=16)  # everything finished: nothing to add
+    runner.run([spec], out, modes=["fwd"], max_seqlen=16, measurer=TIMER)  # everything finished: nothing to add
     printed = capsys.readouterr().out
     assert "wrote" not in printed and "nothing new" in printed
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"params": str}), retried)
@@ -145,7 +151,8 @@ def test_cli_selection_without_cases_fails(tmp_path):
 
 def test_cli_max_seqlen_extends_the_cpu_cases(tmp_path):
     out = tmp_path / "long.csv"
-    result = sweep_cli("layer_norm", "--modes", "fwd", "--providers", "ours", "--max-seqlen", "64", "--out", str(out))
+    result = sweep_cli("layer_norm", "--interpreter-timings", "--modes", "fwd", "--providers", "ours",
+                       "--max-seqlen", "64", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"wrote {out}" in result.stdout
     df = pd.read_csv(out, dtype={"params": str})
@@ -174,7 +181,7 @@ def test_cli_help_lists_providers_per_op():
 @pytest.mark.skipif(not _runtime.INTERPRET, reason="bf16 is refused only under the interpreter")
 def test_cli_refuses_bf16_under_the_interpreter(tmp_path):
     out = tmp_path / "bf16.csv"
-    result = sweep_cli("layer_norm", "--dtypes", "bf16", "--out", str(out))
+    result = sweep_cli("layer_norm", "--interpreter-timings", "--dtypes", "bf16", "--out", str(out))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "bfloat16 cannot run correctly under the Triton interpreter" in result.stderr
     assert not out.exists()
@@ -184,11 +191,48 @@ def test_cli_compiled_backward_is_timed(tmp_path):
     # torch.compile's backward frees its saved buffers, so timing it on a retained graph failed from seqlen 16
     # (where the compile becomes dynamic). Slow: inductor compiles C++ on the CPU, ~25 s on 2 cores.
     out = tmp_path / "compile.csv"
-    result = sweep_cli("layer_norm", "--providers", "compile", "--modes", "bwd", "--max-seqlen", "16",
-                       "--out", str(out))
+    result = sweep_cli("layer_norm", "--interpreter-timings", "--providers", "compile", "--modes", "bwd",
+                       "--max-seqlen", "16", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     df = pd.read_csv(out, dtype={"params": str})
     compiled = df[df["provider"] == "compile"]
     assert sorted(compiled["seqlen"]) == [8, 16]
     assert compiled["error"].isna().all(), compiled["error"].dropna().tolist()
     assert (compiled["ms"] > 0).all()
+
+
+# ------------------------------------------------------------------------------------------------ modeled rows
+
+
+@pytest.mark.skipif(not _runtime.INTERPRET, reason="without a GPU the sweep counts and models")
+def test_cli_without_a_gpu_writes_modeled_rows_at_real_sizes(tmp_path):
+    out = tmp_path / "model.csv"
+    result = sweep_cli("layer_norm", "rms_norm", "--max-seqlen", "1024", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model:H100" in result.stdout and "not a measured time" in result.stdout
+    df = pd.read_csv(out, dtype={"params": str})
+    assert df["error"].isna().all(), df["error"].dropna().tolist()
+    assert set(df["device"]) == {"model:H100"} and set(df["dtype"]) == {"bf16"}
+    gpu_cases = [d for d in OPS["layer_norm"].sweep_cases(True) if d["seqlen"] <= 1024]
+    assert sorted(set(df.loc[df["op"] == "layer_norm", "seqlen"])) == sorted({d["seqlen"] for d in gpu_cases})
+    for column in ("ms", "flops_useful", "bytes_exec", "bytes_min", "launches", "programs"):
+        assert df[column].notna().all() and (df[column] >= 0).all(), column
+    assert (df["bytes_exec"] >= df["bytes_min"]).all()  # no provider moves less than the least possible
+    eager = df[df["provider"] == "eager"]
+    assert (eager["speedup"] == 1.0).all()
+    ours = df[df["provider"] == "ours"]
+    # the modeled time is the roofline of the counted bytes (these ops do no matrix products) plus the launches
+    from kernels.perf import h100
+    expected = 1e3 * (ours["bytes_exec"] / h100.HBM_BYTES_PER_S) + 1e3 * ours["launches"] * h100.LAUNCH_OVERHEAD_S
+    assert (ours["ms"] >= 0.999 * expected).all()
+    again = sweep_cli("layer_norm", "rms_norm", "--max-seqlen", "1024", "--out", str(out))
+    assert "nothing new" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.skipif(not _runtime.INTERPRET, reason="without a GPU the sweep counts and models")
+def test_modeled_rows_refuse_torch_compile(tmp_path):
+    out = runner.run([OPS["layer_norm"]], tmp_path / "c.csv", modes=["fwd"], max_seqlen=512,
+                     wanted_providers=["compile"], measurer=Modeled(workers=1))
+    df = pd.read_csv(out, dtype={"params": str})
+    compiled = df[df["provider"] == "compile"]
+    assert len(compiled) and compiled["error"].str.contains("torch.compile is not modeled").all()
