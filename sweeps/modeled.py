@@ -38,6 +38,8 @@ from kernels.spec import Case
 UNCOUNTABLE_COMPILE = ("torch.compile is not modeled: its fused Inductor kernels are generated code that neither "
                        "counter sees (aten ops vanish into them); time it on a GPU")
 DEFAULT_SAMPLE = 16  # programs run per launch of a bigger grid; more only sharpens estimates of uneven grids
+DEFAULT_SECONDS = 1.0  # and a sampled launch stops after this long (two programs at least): GEMM programs at the
+# real sizes take seconds each under the interpreter, and do equal work, so two of them count as well as sixteen
 
 
 class Modeled:
@@ -50,8 +52,9 @@ class Modeled:
     notice = ("No GPU: every case is counted under the Triton interpreter at its real size and modeled on an H100 "
               "(device=model:H100): an attainable bound from counted FLOPs and bytes, not a measured time.")
 
-    def __init__(self, sample: int | None = DEFAULT_SAMPLE, workers: int | None = None):
-        self.sample = sample
+    def __init__(self, sample: int | None = DEFAULT_SAMPLE, workers: int | None = None,
+                 seconds: float | None = DEFAULT_SECONDS):
+        self.sample, self.seconds = sample, seconds
         self.workers = workers or min(2, os.cpu_count() or 1)
         self._phases: dict = {}  # (case key, provider) -> {"fwd": Counter, "bwd": Counter} or the exception
 
@@ -63,7 +66,7 @@ class Modeled:
     def prepare(self, groups, todo):
         """Count the cases of ``groups`` (lists of work items sharing one case; ``todo(item)``: its providers still
         to run) in ``workers`` processes; yield each group, in order, once its counts are in."""
-        jobs = [_Job.of(group, self.sample, todo) for group in groups]
+        jobs = [_Job.of(group, self.sample, self.seconds, todo) for group in groups]
         if self.workers <= 1 or len(jobs) <= 1:
             results = map(_count_job, jobs)
         else:
@@ -87,7 +90,8 @@ class Modeled:
             raise NotImplementedError(UNCOUNTABLE_COMPILE)
         phases = self._phases.get((key, provider))
         if phases is None or (mode != "fwd" and "bwd" not in phases):
-            phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else ())
+            phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
+                                  self.seconds)
             self._phases[(key, provider)] = phases
         if isinstance(phases, Exception):
             raise phases
@@ -102,7 +106,7 @@ class Modeled:
         }
 
 
-def count_phases(fn, case: Case, backward: bool, sample, exact) -> dict:
+def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None) -> dict:
     """{"fwd": Counter, "bwd": Counter (when ``backward``)} of ``fn`` on ``case``, with the H100's grids.
 
     Fake tensors first: counting needs shapes only, so whatever runs on them (PyTorch code: eager, SDPA) is
@@ -115,22 +119,22 @@ def count_phases(fn, case: Case, backward: bool, sample, exact) -> dict:
             fake = _fake(case)
             # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
             with fake.fake_mode:
-                return _count_phases(fn, fake, backward, sample, exact)
+                return _count_phases(fn, fake, backward, sample, exact, seconds)
     finally:
         quiet.level = level
-    return _count_phases(fn, case, backward, sample, exact)
+    return _count_phases(fn, case, backward, sample, exact, seconds)
 
 
-def _count_phases(fn, case: Case, backward: bool, sample, exact) -> dict:
+def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds) -> dict:
     with rt.modeled_sms(h100.SMS):
-        with kernels.count(sample=sample, exact=exact) as fwd:
+        with kernels.count(sample=sample, seconds=seconds, exact=exact) as fwd:
             outs = fn(*case.args, **case.kwargs)
         phases = {"fwd": fwd}
         if backward:
             outs = [o for o in (outs if isinstance(outs, (tuple, list)) else (outs,))
                     if isinstance(o, torch.Tensor) and o.requires_grad]
             cotangents = [torch.ones_like(o) for o in outs]  # made outside the count: not the backward's work
-            with kernels.count(sample=sample, exact=exact) as bwd:
+            with kernels.count(sample=sample, seconds=seconds, exact=exact) as bwd:
                 torch.autograd.grad(outs, case.grad_inputs(), cotangents)
             phases["bwd"] = bwd
     return phases
@@ -156,16 +160,16 @@ def _fake(case: Case) -> Case:
 class _Job:
     """What a worker needs to count one case: plain data (the spec is looked up again by name there)."""
 
-    def __init__(self, op, dims, dtype, run_dtype, backward, providers, sample, key):
+    def __init__(self, op, dims, dtype, run_dtype, backward, providers, sample, seconds, key):
         self.op, self.dims, self.dtype, self.run_dtype = op, dims, dtype, run_dtype
-        self.backward, self.providers, self.sample, self.key = backward, providers, sample, key
+        self.backward, self.providers, self.sample, self.seconds, self.key = backward, providers, sample, seconds, key
 
     @classmethod
-    def of(cls, group, sample, todo):
+    def of(cls, group, sample, seconds, todo):
         item = group[0]
         providers = list(dict.fromkeys(p for it in group for p in todo(it) if p != "compile"))
         return cls(item.spec.name, item.dims, item.dtype, item.run_dtype,
-                   any(it.mode != "fwd" for it in group), providers, sample, item.case_key())
+                   any(it.mode != "fwd" for it in group), providers, sample, seconds, item.case_key())
 
 
 def _worker_init():
@@ -188,7 +192,7 @@ def _count_job(job: _Job) -> dict:
             fn = factories[provider]()
             if fn is None:
                 continue  # unavailable here: the parent's own factory says so too, and writes no row
-            out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact)
+            out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact, job.seconds)
         except Exception as e:  # noqa: BLE001
             out[provider] = RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return out

@@ -24,7 +24,8 @@ kernels — with the torch ops their wrappers run around the launches (a ``zeros
 a reference can be counted at sizes too big to run here.
 
 Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, spread evenly over the
-program ids (a golden-ratio sequence), and its counts are scaled by programs / programs run. Exact when the
+program ids (a golden-ratio sequence), and its counts are scaled by programs / programs run; ``seconds`` may
+stop it sooner (after two programs at least). Exact when the
 programs do equal work (GEMM tiles, rows of a norm), an estimate when the work varies smoothly with the program
 id (causal attention: the error is below a tile per program), wrong when later launches depend on the values of
 the skipped programs: kernels named in ``exact`` always run whole (the MoE router and dispatch). ``Launch``
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -119,6 +121,7 @@ class Counter:
 class _Session:
     counter: Counter
     sample: int | None
+    seconds: float | None
     exact: frozenset
 
 
@@ -148,10 +151,11 @@ def _sampled_ids(total: int, sample: int | None) -> list[int]:
     fall evenly on every axis."""
     if sample is None or total <= sample:
         return list(range(total))
-    return sorted({int(((i + 0.5) * _GOLDEN) % 1.0 * total) for i in range(sample)})
+    # in sequence order (any prefix of it is spread out too: a time budget may stop the launch early)
+    return list(dict.fromkeys(int(((i + 0.5) * _GOLDEN) % 1.0 * total) for i in range(sample)))
 
 
-def _run_grid(executor, args_dev, kwargs, sample):
+def _run_grid(executor, args_dev, kwargs, sample, seconds):
     """``GridExecutor.__call__`` (triton/runtime/interpreter.py, 3.6) with the grid loop over chosen programs."""
     import inspect
 
@@ -171,12 +175,16 @@ def _run_grid(executor, args_dev, kwargs, sample):
         interp.interpreter_builder.set_grid_dim(*grid)
         total = math.prod(grid)
         ids = _sampled_ids(total, sample)
-        _launch[0].programs, _launch[0].programs_run = total, len(ids)
+        budget = seconds if len(ids) < total else None  # a whole grid always runs whole
+        _launch[0].programs, started = total, time.perf_counter()
         try:
-            for pid in ids:  # x fastest, as a GPU numbers its programs
+            for run, pid in enumerate(ids, 1):  # x fastest, as a GPU numbers its programs
                 x, y, z = pid % grid[0], (pid // grid[0]) % grid[1], pid // (grid[0] * grid[1])
                 interp.interpreter_builder.set_grid_idx(x, y, z)
                 executor.fn(**args)
+                _launch[0].programs_run = run
+                if budget is not None and run >= 2 and time.perf_counter() - started > budget:
+                    break
         except Exception as e:
             raise interp.InterpreterError(repr(e)) from e
     finally:
@@ -250,10 +258,12 @@ def _install():
         name = self.fn.__name__
         exact = any(name in s.exact for s in _sessions)
         samples = [s.sample for s in _sessions if s.sample is not None]
+        budgets = [s.seconds for s in _sessions if s.seconds is not None]
         launch = Launch(kernel=name)
         _launch[0] = launch
         try:
-            _run_grid(self, args, kwargs, None if exact or not samples else min(samples))
+            _run_grid(self, args, kwargs, None if exact or not samples else min(samples),
+                      min(budgets) if budgets else None)
         finally:
             _launch[0] = None
         _scale(launch)
@@ -334,11 +344,12 @@ def uncounted():
 
 
 @contextlib.contextmanager
-def count(*, sample: int | None = None, exact=(), torch_only: bool = False):
+def count(*, sample: int | None = None, seconds: float | None = None, exact=(), torch_only: bool = False):
     """Count every Triton launch (under the interpreter) and every aten op run inside the block.
 
-    ``sample``: run at most this many programs of a launch and scale (see the module doc); ``exact``: names of
-    kernels that always run whole. Triton kernels are counted only under the interpreter: on a GPU they are
+    ``sample``: run at most this many programs of a launch and scale (see the module doc); ``seconds``: a sampled
+    launch also stops once it has run two programs and this long (the spread of the sample holds for any prefix of
+    it); ``exact``: names of kernels that always run whole. Triton kernels are counted only under the interpreter: on a GPU they are
     compiled and nothing executes op by op where it could be counted, so there ``count()`` refuses unless
     ``torch_only=True`` says the block runs PyTorch code alone.
     """
@@ -349,7 +360,7 @@ def count(*, sample: int | None = None, exact=(), torch_only: bool = False):
     elif not torch_only:
         raise RuntimeError("kernels.count() counts Triton kernels under the interpreter (TRITON_INTERPRET=1); this "
                            "process compiles them for a GPU. Pass torch_only=True to count PyTorch code alone.")
-    session = _Session(Counter(), sample, frozenset(exact))
+    session = _Session(Counter(), sample, seconds, frozenset(exact))
     _sessions.append(session)
     try:
         with _dispatch_mode():

@@ -156,6 +156,8 @@ MOE = OpSpec(
     tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
     grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},  # unused: forward only
     kernels=(moe_router, moe_gate_up, moe_down, moe_combine),
+    # the expert ids and the dispatch decide which blocks the GEMMs run: counted whole, never sampled
+    count_exact=("moe_router", "dispatch_count", "dispatch_scan", "dispatch_scatter"),
     examples=(
         {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
         {"tokens": 17, "hidden": 24, "inner": 16, "experts": 64, "k": 8, "hot": 8},  # all to 8 experts, 56 idle
