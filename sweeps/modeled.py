@@ -37,6 +37,7 @@ from kernels.spec import Case
 
 UNCOUNTABLE_COMPILE = ("torch.compile is not modeled: its fused Inductor kernels are generated code that neither "
                        "counter sees (aten ops vanish into them); time it on a GPU")
+MAX_REAL_FLOPS = 110e9  # PyTorch code that fake tensors cannot run is computed for real up to this much work
 DEFAULT_SAMPLE = 16  # programs run per launch of a bigger grid; more only sharpens estimates of uneven grids
 DEFAULT_SECONDS = 1.0  # and a sampled launch stops after this long (two programs at least): GEMM programs at the
 # real sizes take seconds each under the interpreter, and do equal work, so two of them count as well as sixteen
@@ -91,7 +92,7 @@ class Modeled:
         phases = self._phases.get((key, provider))
         if phases is None or (mode != "fwd" and "bwd" not in phases):
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
-                                  self.seconds)
+                                  self.seconds)  # a fallback: prepare() counted what it was given
             self._phases[(key, provider)] = phases
         if isinstance(phases, Exception):
             raise phases
@@ -106,20 +107,29 @@ class Modeled:
         }
 
 
-def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None) -> dict:
+def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, flops=None) -> dict:
     """{"fwd": Counter, "bwd": Counter (when ``backward``)} of ``fn`` on ``case``, with the H100's grids.
 
     Fake tensors first: counting needs shapes only, so whatever runs on them (PyTorch code: eager, SDPA) is
     counted without computing anything. Triton kernels read real memory, so they fail there at once and run on
-    the real inputs; so do providers with data-dependent shapes."""
+    the real inputs. So does PyTorch code with data-dependent shapes (the MoE reference's per-expert loop), but
+    only while its ``flops`` (the op's least, when known) stay within what the CPU computes in a moment."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
     quiet = logging.getLogger("torch._subclasses.fake_tensor")  # it logs every op fake tensors cannot run
     level, quiet.level = quiet.level, logging.CRITICAL
     try:
-        with contextlib.suppress(Exception):
-            fake = _fake(case)
-            # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
-            with fake.fake_mode:
-                return _count_phases(fn, fake, backward, sample, exact, seconds)
+        fake = _fake(case)
+        # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
+        with fake.fake_mode:
+            return _count_phases(fn, fake, backward, sample, exact, seconds)
+    except (DataDependentOutputException, DynamicOutputShapeException):
+        if flops is not None and flops > MAX_REAL_FLOPS:
+            raise RuntimeError(f"not counted at this size: its shapes depend on the data, so it cannot run on fake "
+                               f"tensors, and its {flops / 1e9:.0f} GFLOP are too many to compute on the CPU "
+                               f"(the limit is {MAX_REAL_FLOPS / 1e9:.0f})") from None
+    except Exception:  # noqa: BLE001  (Triton kernels: they need real memory)
+        pass
     finally:
         quiet.level = level
     return _count_phases(fn, case, backward, sample, exact, seconds)
@@ -192,7 +202,8 @@ def _count_job(job: _Job) -> dict:
             fn = factories[provider]()
             if fn is None:
                 continue  # unavailable here: the parent's own factory says so too, and writes no row
-            out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact, job.seconds)
+            out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact, job.seconds,
+                                         spec.flops(job.dims, "fwd+bwd" if job.backward else "fwd"))
         except Exception as e:  # noqa: BLE001
             out[provider] = RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return out

@@ -11,8 +11,11 @@ import torch
 @functools.lru_cache(maxsize=64)
 def inv_freq(rotary_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     """HF's ``inv_freq`` (fp32, computed on the CPU as HF's __init__ does): the kernel and the reference share it."""
-    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
-    return (1.0 / (theta ** exponent)).to(device)
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # cached: a real table even when first asked for under fake tensors (counting)
+        exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+        return (1.0 / (theta ** exponent)).to(device)
 
 
 def _rotate_half(x):
