@@ -68,18 +68,16 @@ class Modeled:
         """Count the cases of ``groups`` (lists of work items sharing one case; ``todo(item)``: its providers still
         to run) in ``workers`` processes; yield each group, in order, once its counts are in."""
         jobs = [_Job.of(group, self.sample, self.seconds, todo) for group in groups]
-        if self.workers <= 1 or len(jobs) <= 1:
-            results = map(_count_job, jobs)
-        else:
-            pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
-            results = pool.imap(_count_job, jobs)
+        in_process = rt.INTERPRET and (self.workers <= 1 or len(jobs) <= 1)
+        pool = None if in_process else _pool(self.workers)
+        results = map(_count_job, jobs) if in_process else pool.imap(_count_job, jobs)
         try:
             for group, job, phases in zip(groups, jobs, results):
                 for provider, counted in phases.items():
                     self._phases[(job.key, provider)] = counted
                 yield group
         finally:
-            if self.workers > 1 and len(jobs) > 1:
+            if pool is not None:
                 pool.terminate()
 
     def ready(self, key, provider: str) -> bool:
@@ -178,8 +176,30 @@ class _Job:
     def of(cls, group, sample, seconds, todo):
         item = group[0]
         providers = list(dict.fromkeys(p for it in group for p in todo(it) if p != "compile"))
-        return cls(item.spec.name, item.dims, item.dtype, item.run_dtype,
-                   any(it.mode != "fwd" for it in group), providers, sample, seconds, item.case_key())
+        job = cls(item.spec.name, item.dims, item.dtype, item.run_dtype,
+                  any(it.mode != "fwd" for it in group), providers, sample, seconds, item.case_key())
+        job.spec = item.spec  # in this process; a worker looks the spec up by name (specs hold lambdas)
+        return job
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "spec"}
+
+
+def _pool(workers: int):
+    """Worker processes that count under the interpreter: forked from an interpreter process; from a GPU process,
+    fresh ones started with TRITON_INTERPRET=1 and no visible GPU (Triton's mode is fixed when it is imported)."""
+    if rt.INTERPRET:
+        return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+    saved = {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")}
+    os.environ.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _worker_init():
@@ -190,7 +210,7 @@ def _count_job(job: _Job) -> dict:
     """provider -> its phases, or the exception that stopped it (recorded in its rows by the parent)."""
     from sweeps.plan import all_specs, providers
 
-    spec = all_specs()[job.op]
+    spec = getattr(job, "spec", None) or all_specs()[job.op]
     factories = providers(spec, None)
     try:
         case = spec.make_case(job.dims, job.run_dtype or job.dtype, rt.DEVICE, requires_grad=job.backward)

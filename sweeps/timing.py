@@ -8,6 +8,7 @@ repetition on a graph from a fresh forward run outside the timed region (see :fu
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -19,11 +20,19 @@ from kernels.spec import Case
 
 
 class Timer:
-    """Times each provider (``ms``, ``ms_p20``, ``ms_p80``, ``peak_mb``) against ceilings measured on this device."""
+    """Times each provider (``ms``, ``ms_p20``, ``ms_p80``, ``peak_mb``) against ceilings measured on this device.
+
+    With ``counts`` (the default), each row also carries the counters' columns (``flops_exec``, ``bytes_exec``,
+    ``launches``, ...) of the same case, counted under the interpreter by CPU worker processes while the device
+    times (:class:`sweeps.modeled.Modeled`); the timed ``ms`` is the row's, never the model's.
+    """
 
     stand_ins: dict = {}
 
-    def __init__(self):
+    def __init__(self, counts: bool = True, workers: int | None = None):
+        from sweeps.modeled import Modeled
+
+        self.counts = Modeled(workers=workers or max(1, min(8, (os.cpu_count() or 2) // 2))) if counts else None
         self.device = rt.backend()
         self.real_sizes = not rt.INTERPRET
         self.notice = ("" if self.real_sizes else
@@ -33,7 +42,24 @@ class Timer:
     def ceilings(self) -> dict:
         return measure_device()
 
-    def measure(self, fn, case: Case, mode: str, **_) -> dict:
+    def prepare(self, groups, todo):
+        """Count the groups' cases in the background workers (see the class doc); yield each once counted."""
+        if self.counts is None:
+            yield from groups
+        else:
+            yield from self.counts.prepare(groups, todo)
+
+    def measure(self, fn, case: Case, mode: str, *, provider: str = "ours", spec=None, key=None) -> dict:
+        columns = self._timed(fn, case, mode)
+        if self.counts is not None and self.counts.ready(key, provider):
+            try:
+                counted = self.counts.measure(None, None, mode, provider=provider, spec=spec, key=key)
+            except Exception:  # noqa: BLE001  (what could not be counted leaves the counter columns empty)
+                counted = {}
+            columns.update({k: v for k, v in counted.items() if k != "ms"})  # the model's ms is not this row's
+        return columns
+
+    def _timed(self, fn, case: Case, mode: str) -> dict:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.synchronize()

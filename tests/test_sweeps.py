@@ -236,3 +236,15 @@ def test_modeled_rows_refuse_torch_compile(tmp_path):
     df = pd.read_csv(out, dtype={"params": str})
     compiled = df[df["provider"] == "compile"]
     assert len(compiled) and compiled["error"].str.contains("torch.compile is not modeled").all()
+
+
+def test_timed_rows_carry_the_counters(tmp_path, spec):
+    """Timed rows (a GPU's; here the interpreter's) also carry the counted work of their case, from interpreter
+    workers; their ms stays the timed one."""
+    out = runner.run([spec], tmp_path / "t.csv", modes=["fwd", "bwd"], max_seqlen=16, measurer=TIMER)
+    df = pd.read_csv(out, dtype={"params": str})
+    assert set(df["device"]) == {TIMER.device}
+    for column in ("bytes_exec", "bytes_min", "launches", "programs"):
+        assert df[column].notna().all(), column
+    assert (df["bytes_exec"] >= df["bytes_min"]).all()
+    assert df["ms_p20"].notna().all()  # timed, not modeled
