@@ -96,13 +96,13 @@ def _forward(q, k, v, causal, window, scale, num_splits=None):
         o_part, lse_part = o, lse  # unused
     attn_fwd[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H, splits)](
         q, k, v, o, lse, o_part, lse_part,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        q.stride(), k.stride(), v.stride(), o.stride(),
         H, M, N, a["group"], a["W"], scale * LOG2E, split_len, *a["buckets"],
         D, a["block_d"], causal, a["windowed"], split, a["precision"],
     )
     if split:
         attn_combine[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
-            o_part, lse_part, o, lse, *o.stride(), H, M, B * H, splits, D, a["block_d"],
+            o_part, lse_part, o, lse, o.stride(), H, M, B * H, splits, D, a["block_d"],
         )
     return o, lse
 
@@ -113,19 +113,19 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     HK = k.shape[1]
     delta = rt.empty((B, H, M), torch.float32, q.device)
     attn_bwd_delta[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
-        o, do, delta, *o.stride(), *do.stride(), H, M, D, a["block_d"],
+        o, do, delta, o.stride(), do.stride(), H, M, D, a["block_d"],
     )
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
             D, a["block_d"], causal, a["windowed"], a["precision"])
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
         q, k, v, do, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),
         H, M, N, *tail,
     )
     attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
         q, k, v, do, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+        q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
         H, M, N, *tail,
     )
     return dq, dk, dv

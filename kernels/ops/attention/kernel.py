@@ -23,7 +23,8 @@ loop bounds ARE that range, so blocks outside it cost nothing and run time follo
 Inside it, a block visible to every row of the query block (``n + BLOCK_N - 1 <= p_first`` and
 ``n > p_last - W``, and inside ``kv_len``) needs no mask; only the blocks on the diagonal and on the window's
 lower edge do. So the range splits into three loops: masked edge, unmasked interior, masked diagonal
-(:func:`key_range` computes the split; one ``MASK`` constexpr compiles each loop body twice).
+(:func:`key_range` computes the split, :func:`walk_blocks` runs the three loops; one ``MASK`` constexpr compiles
+each loop body twice). The backward's kernels walk their blocks the same way, with their own loop bodies.
 
 Split-KV (decode). With few query rows (``q_len = 1`` against a long cache) there are only ``batch * heads``
 programs — too few to fill the GPU. Then the key range of each query block is cut into ``num_splits`` chunks, one
@@ -38,6 +39,11 @@ Precision: every ``tl.dot`` takes ``input_precision=PRECISION`` (``kernels/commo
 fp32, TF32 would cost fp32 its accuracy); fp16/bf16 use the tensor cores with ``p`` (and, in the backward,
 ``dS``) rounded to the input dtype for their matmuls (as FlashAttention does); softmax statistics and every
 accumulator are fp32.
+
+Strides: each (batch, heads, seq, head_dim) tensor comes with its four strides as one tuple argument
+(``strides_q = q.stride()``, read as ``strides_q[0]`` .. ``strides_q[3]``), so any layout is read in place;
+:func:`head_base` and :func:`tile_ptrs` turn them into pointers. :func:`query_block` is the program -> (batch,
+query head, KV head, query rows) setup the forward and the backward's dQ share.
 
 The backward's kernels: ``kernel_bwd.py`` (split by pass, as FLA does: in one file they would pass 400 lines).
 """
@@ -130,6 +136,25 @@ def key_range(start_m, M, N, W, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
 
 
 @triton.jit
+def walk_blocks(BODY: tl.constexpr, state, ctx, bounds, M, N, W, qk_scale,
+                CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr):
+    """The three loops over the streamed blocks of ``bounds = (lo, full_lo, full_hi, hi)`` (:func:`key_range`, or
+    the dK/dV kernel's query-side twin), ``BLOCK`` rows each: for each block's rows ``offs``,
+    ``state = BODY(state, ctx, offs, M, N, W, qk_scale, MASK, CAUSAL, WINDOWED, PRECISION)`` with ``MASK`` on
+    [lo, full_lo) and [full_hi, hi), not on [full_lo, full_hi). ``state``: the tuple of accumulators it returns;
+    ``ctx``: the tuple of what the body reads."""
+    lo, full_lo, full_hi, hi = bounds
+    arange = tl.arange(0, BLOCK)
+    for start in range(lo, full_lo, BLOCK):
+        state = BODY(state, ctx, start + arange, M, N, W, qk_scale, True, CAUSAL, WINDOWED, PRECISION)
+    for start in range(full_lo, full_hi, BLOCK):
+        state = BODY(state, ctx, start + arange, M, N, W, qk_scale, False, CAUSAL, WINDOWED, PRECISION)
+    for start in range(full_hi, hi, BLOCK):
+        state = BODY(state, ctx, start + arange, M, N, W, qk_scale, True, CAUSAL, WINDOWED, PRECISION)
+    return state
+
+
+@triton.jit
 def visible(offs_m, offs_n, M, N, W, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
     """(len(offs_m), len(offs_n)) mask: query row i sees key j (and both exist)."""
     pos = (N - M) + offs_m
@@ -152,62 +177,29 @@ def d_mask(offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Forward
+# Addressing and the program's query block, shared with the backward
 # --------------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                offs_m, offs_d, d_ok, start, end, M, N, W, qk_scale,
-                MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_N: tl.constexpr):
-    """The online-softmax update over key blocks [start, end) (MASK: apply the visibility mask)."""
-    arange_n = tl.arange(0, BLOCK_N)
-    for start_n in range(start, end, BLOCK_N):
-        offs_n = start_n + arange_n
-        rows = offs_n.to(tl.int64)
-        if MASK:
-            kt_mask = d_ok[:, None] & (offs_n < N)[None, :]
-            v_mask = (offs_n < N)[:, None] & d_ok[None, :]
-        else:  # interior block: only the head-dim padding (nothing, for a power-of-two head dim)
-            kt_mask = d_ok[:, None]
-            v_mask = d_ok[None, :]
-        # k^T tile (BLOCK_D, BLOCK_N) straight from memory: the strides do the transpose.
-        kt = tl.load(k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kt_mask, other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        if MASK:
-            # -1e30, not -inf: a row with nothing visible yet keeps a finite max, so alpha below is never
-            # inf - inf. Its garbage (p = 1 per masked key) is wiped by alpha = 2^(-1e30 - m) = 0 when its first
-            # visible key arrives; every row sees at least its own position, within [lo, hi).
-            s = tl.where(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED), s, -1.0e30)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    return acc, l_i, m_i
+def head_base(X, strides, b, h):
+    """The start of head ``h`` of batch ``b`` in a (batch, heads, seq, head_dim) tensor of strides ``strides``."""
+    return X + b * strides[0] + h * strides[1]
 
 
-@rt.autotune(FWD_CONFIGS, key=TUNE_KEY + ["SPLIT"], default={"BLOCK_M": 128, "BLOCK_N": 128}, prune=fwd_fits)
 @triton.jit
-def attn_fwd(
-    Q, K, V, O, LSE, O_PART, LSE_PART,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_ob, stride_oh, stride_om, stride_od,
-    H, M, N, GROUP, W, qk_scale, split_len,
-    M_BUCKET, N_BUCKET, W_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    # grid: (query blocks, batch * q_heads, key splits)
+def tile_ptrs(X, strides, b, h, rows, offs_d):
+    """(len(rows), len(offs_d)) pointers: those rows and head-dim columns of head ``h`` of batch ``b``."""
+    return head_base(X, strides, b, h) + rows[:, None] * strides[2] + offs_d[None, :] * strides[3]
+
+
+@triton.jit
+def query_block(H, GROUP, M, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The query block of a program on the grid (query blocks, batch * q_heads, ...): its batch ``b``, query head
+    ``h``, the KV head ``hk`` that head reads, its first row ``start_m``, rows ``offs_m`` (``rows_m`` in int64, for
+    addresses; ``m_ok``: inside q_len) and head-dim columns ``offs_d`` (``d_ok``: inside the head dim)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    pid_s = tl.program_id(2)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)  # GQA: the KV head this query head reads
@@ -219,11 +211,61 @@ def attn_fwd(
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
     m_ok = offs_m < M
     rows_m = offs_m.to(tl.int64)
+    return pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_block(state, ctx, offs_n, M, N, W, qk_scale,
+               MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
+    """The online-softmax update by the key block offs_n (MASK: apply the visibility mask); walk_blocks' body."""
+    acc, l_i, m_i = state
+    q, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok = ctx
+    rows = offs_n.to(tl.int64)
+    if MASK:
+        kt_mask = d_ok[:, None] & (offs_n < N)[None, :]
+        v_mask = (offs_n < N)[:, None] & d_ok[None, :]
+    else:  # interior block: only the head-dim padding (nothing, for a power-of-two head dim)
+        kt_mask = d_ok[:, None]
+        v_mask = d_ok[None, :]
+    # k^T tile (BLOCK_D, BLOCK_N) straight from memory: the strides do the transpose.
+    kt = tl.load(k_base + rows[None, :] * strides_k[2] + offs_d[:, None] * strides_k[3], mask=kt_mask, other=0.0)
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    if MASK:
+        # -1e30, not -inf: a row with nothing visible yet keeps a finite max, so alpha below is never
+        # inf - inf. Its garbage (p = 1 per masked key) is wiped by alpha = 2^(-1e30 - m) = 0 when its first
+        # visible key arrives; every row sees at least its own position, within [lo, hi).
+        s = tl.where(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED), s, -1.0e30)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + rows[:, None] * strides_v[2] + offs_d[None, :] * strides_v[3], mask=v_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@rt.autotune(FWD_CONFIGS, key=TUNE_KEY + ["SPLIT"], default={"BLOCK_M": 128, "BLOCK_N": 128}, prune=fwd_fits)
+@triton.jit
+def attn_fwd(
+    Q, K, V, O, LSE, O_PART, LSE_PART, strides_q, strides_k, strides_v, strides_o,
+    H, M, N, GROUP, W, qk_scale, split_len,
+    M_BUCKET, N_BUCKET, W_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # grid: (query blocks, batch * q_heads, key splits)
+    pid_s = tl.program_id(2)
+    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
+        H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
+    q = tl.load(tile_ptrs(Q, strides_q, b, h, rows_m, offs_d), mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = head_base(K, strides_k, b, hk)
+    v_base = head_base(V, strides_v, b, hk)
 
     lo, full_lo, full_hi, hi = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     # This program's share of [lo, hi): the whole range, or chunk pid_s of the split (split_len is a
@@ -236,15 +278,9 @@ def attn_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_m, offs_d, d_ok, lo_s, full_lo_s, M, N, W, qk_scale,
-                                True, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_m, offs_d, d_ok, full_lo_s, full_hi_s, M, N, W, qk_scale,
-                                False, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_m, offs_d, d_ok, full_hi_s, hi_s, M, N, W, qk_scale,
-                                True, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
+    ctx = (q, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok)
+    acc, l_i, m_i = walk_blocks(_fwd_block, (acc, l_i, m_i), ctx, (lo_s, full_lo_s, full_hi_s, hi_s),
+                                M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
 
     # An empty split chunk leaves l = 0, m = -inf: it writes o = 0 and lse = -inf, which the combine weighs 0.
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -256,8 +292,7 @@ def attn_fwd(
         tl.store(O_PART + (part + rows_m[:, None]) * HEAD_DIM + offs_d[None, :], o, mask=out_mask)
         tl.store(LSE_PART + part + rows_m, lse, mask=m_ok)
     else:
-        o_ptrs = O + b * stride_ob + h * stride_oh + rows_m[:, None] * stride_om + offs_d[None, :] * stride_od
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=out_mask)
+        tl.store(tile_ptrs(O, strides_o, b, h, rows_m, offs_d), o.to(O.dtype.element_ty), mask=out_mask)
         tl.store(LSE + pid_bh.to(tl.int64) * M + rows_m, lse, mask=m_ok)
 
 
@@ -265,8 +300,7 @@ def attn_fwd(
 @rt.autotune([triton.Config({"BLOCK_M": 16}, num_warps=4)], key=["BLOCK_D"])
 @triton.jit
 def attn_combine(
-    O_PART, LSE_PART, O, LSE,
-    stride_ob, stride_oh, stride_om, stride_od,
+    O_PART, LSE_PART, O, LSE, strides_o,
     H, M, BH, SPLITS,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -295,6 +329,6 @@ def attn_combine(
     total = tl.where(total > 0, total, 1.0)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    o_ptrs = O + b * stride_ob + h * stride_oh + rows_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, (acc / total[:, None]).to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(tile_ptrs(O, strides_o, b, h, rows_m, offs_d), (acc / total[:, None]).to(O.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * M + rows_m, m_max + tl.log2(total), mask=m_ok)

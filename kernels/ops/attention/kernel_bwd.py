@@ -10,16 +10,16 @@ Three kernels: :func:`attn_bwd_delta` (delta, one pass over O and dO); :func:`at
 ``BLOCK_N`` keys of one KV head, keeps k, v and the dk, dv accumulators in registers and walks the query blocks
 that see those keys, for every query head of the group in turn (GQA sums dk, dv over the group right there, no
 atomics); :func:`attn_bwd_dq` — a program owns ``BLOCK_M`` queries and walks their visible key blocks, like the
-forward. Both use the forward's three-loop block skipping (masked edge, unmasked interior, masked diagonal),
-with the ranges seen from the other side. fp16/bf16: ``p`` and ``dS`` are rounded to the input dtype for their
-matmuls; every accumulator is fp32.
+forward. Both use the forward's three-loop block skipping (masked edge, unmasked interior, masked diagonal:
+``walk_blocks``, with their own loop bodies), with the ranges seen from the other side. fp16/bf16: ``p`` and
+``dS`` are rounded to the input dtype for their matmuls; every accumulator is fp32.
 """
 
 import triton
 import triton.language as tl
 
 from ... import _runtime as rt
-from .kernel import TUNE_KEY, d_mask, fits_smem, key_range, visible
+from .kernel import TUNE_KEY, d_mask, fits_smem, head_base, key_range, query_block, tile_ptrs, visible, walk_blocks
 
 # Configs: see kernel.py's note (ptxas register counts, the shared-memory estimate and the rule fits_smem).
 # (BLOCK_M query rows streamed, BLOCK_N keys resident, num_warps, num_stages): dK/dV holds two fp32
@@ -56,9 +56,7 @@ def dq_fits(configs, nargs):
 @rt.autotune([triton.Config({"BLOCK_M": 64}, num_warps=4)], key=["BLOCK_D"])
 @triton.jit
 def attn_bwd_delta(
-    O, DO, DELTA,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_dob, stride_doh, stride_dom, stride_dod,
+    O, DO, DELTA, strides_o, strides_do,
     H, M,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -71,10 +69,8 @@ def attn_bwd_delta(
     offs_d = tl.arange(0, BLOCK_D)
     rows_m = offs_m.to(tl.int64)
     mask = (offs_m < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(O + b * stride_ob + h * stride_oh + rows_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-                mask=mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=mask, other=0.0)
+    o = tl.load(tile_ptrs(O, strides_o, b, h, rows_m, offs_d), mask=mask, other=0.0)
+    do = tl.load(tile_ptrs(DO, strides_do, b, h, rows_m, offs_d), mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + pid_bh.to(tl.int64) * M + rows_m, delta, mask=offs_m < M)
 
@@ -85,52 +81,43 @@ def attn_bwd_delta(
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                 stride_qm, stride_qd, stride_dom, stride_dod,
-                 offs_n, offs_d, d_ok, start, end, M, N, W, qk_scale,
-                 MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr):
-    """Accumulate dk, dv of one key block over query blocks [start, end), in the transposed (key-major) frame."""
-    arange_m = tl.arange(0, BLOCK_M)
-    for start_m in range(start, end, BLOCK_M):
-        offs_m = start_m + arange_m
-        rows = offs_m.to(tl.int64)
-        if MASK:
-            m_ok = offs_m < M
-            qt = tl.load(q_base + rows[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                         mask=d_ok[:, None] & m_ok[None, :], other=0.0)
-            do = tl.load(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            lse = tl.load(lse_base + rows, mask=m_ok, other=0.0)
-            delta = tl.load(delta_base + rows, mask=m_ok, other=0.0)
-        else:  # interior block: every row exists
-            qt = tl.load(q_base + rows[None, :] * stride_qm + offs_d[:, None] * stride_qd, mask=d_ok[:, None],
-                         other=0.0)
-            do = tl.load(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=d_ok[None, :],
-                         other=0.0)
-            lse = tl.load(lse_base + rows)
-            delta = tl.load(delta_base + rows)
-        # P^T (BLOCK_N, BLOCK_M), recomputed from the forward's log-sum-exp (base 2).
-        pt = tl.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse[None, :])
-        if MASK:
-            pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
+def _dkdv_block(state, ctx, offs_m, M, N, W, qk_scale,
+                MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
+    """Accumulate dk, dv of one key block by the query block offs_m, in the transposed (key-major) frame;
+    walk_blocks' body."""
+    dk, dv = state
+    k, v, q_base, do_base, lse_base, delta_base, strides_q, strides_do, offs_n, offs_d, d_ok = ctx
+    rows = offs_m.to(tl.int64)
+    if MASK:
+        m_ok = offs_m < M
+        qt = tl.load(q_base + rows[None, :] * strides_q[2] + offs_d[:, None] * strides_q[3],
+                     mask=d_ok[:, None] & m_ok[None, :], other=0.0)
+        do = tl.load(do_base + rows[:, None] * strides_do[2] + offs_d[None, :] * strides_do[3],
+                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(lse_base + rows, mask=m_ok, other=0.0)
+        delta = tl.load(delta_base + rows, mask=m_ok, other=0.0)
+    else:  # interior block: every row exists
+        qt = tl.load(q_base + rows[None, :] * strides_q[2] + offs_d[:, None] * strides_q[3], mask=d_ok[:, None],
+                     other=0.0)
+        do = tl.load(do_base + rows[:, None] * strides_do[2] + offs_d[None, :] * strides_do[3], mask=d_ok[None, :],
+                     other=0.0)
+        lse = tl.load(lse_base + rows)
+        delta = tl.load(delta_base + rows)
+    # P^T (BLOCK_N, BLOCK_M), recomputed from the forward's log-sum-exp (base 2).
+    pt = tl.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse[None, :])
+    if MASK:
+        pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
     return dk, dv
 
 
 @rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default={"BLOCK_M": 32, "BLOCK_N": 128}, prune=dkdv_fits)
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
-    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    Q, K, V, DO, LSE, DELTA, DK, DV, strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
@@ -150,10 +137,8 @@ def attn_bwd_dkdv(
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
     rows_n = offs_n.to(tl.int64)
     kv_mask = (offs_n < N)[:, None] & d_ok[None, :]
-    k = tl.load(K + b * stride_kb + hk * stride_kh + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=kv_mask, other=0.0)
+    k = tl.load(tile_ptrs(K, strides_k, b, hk, rows_n, offs_d), mask=kv_mask, other=0.0)
+    v = tl.load(tile_ptrs(V, strides_v, b, hk, rows_n, offs_d), mask=kv_mask, other=0.0)
 
     # The query rows that see any key of [start_n, end_n), and those that see all of them (key rows past
     # kv_len need no care here: each key's dk, dv row depends on that key alone, and they are never stored).
@@ -177,28 +162,17 @@ def attn_bwd_dkdv(
     for g in range(GROUP):  # every query head that reads this KV head
         h = hk * GROUP + g
         bh = b * H + h
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DO + b * stride_dob + h * stride_doh
+        q_base = head_base(Q, strides_q, b, h)
+        do_base = head_base(DO, strides_do, b, h)
         lse_base = LSE + bh * M
         delta_base = DELTA + bh * M
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                              stride_qm, stride_qd, stride_dom, stride_dod,
-                              offs_n, offs_d, d_ok, m_lo, full_lo, M, N, W, qk_scale,
-                              True, CAUSAL, WINDOWED, PRECISION, BLOCK_M)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                              stride_qm, stride_qd, stride_dom, stride_dod,
-                              offs_n, offs_d, d_ok, full_lo, full_hi, M, N, W, qk_scale,
-                              False, CAUSAL, WINDOWED, PRECISION, BLOCK_M)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                              stride_qm, stride_qd, stride_dom, stride_dod,
-                              offs_n, offs_d, d_ok, full_hi, m_hi, M, N, W, qk_scale,
-                              True, CAUSAL, WINDOWED, PRECISION, BLOCK_M)
+        ctx = (k, v, q_base, do_base, lse_base, delta_base, strides_q, strides_do, offs_n, offs_d, d_ok)
+        dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                             CAUSAL, WINDOWED, PRECISION, BLOCK_M)
 
     dk = dk * sm_scale
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + rows_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + rows_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tl.store(tile_ptrs(DK, strides_dk, b, hk, rows_n, offs_d), dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(tile_ptrs(DV, strides_dv, b, hk, rows_n, offs_d), dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,39 +181,31 @@ def attn_bwd_dkdv(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-               offs_m, offs_d, d_ok, start, end, M, N, W, qk_scale,
-               MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    """Accumulate dq of one query block over key blocks [start, end)."""
-    arange_n = tl.arange(0, BLOCK_N)
-    for start_n in range(start, end, BLOCK_N):
-        offs_n = start_n + arange_n
-        rows = offs_n.to(tl.int64)
-        if MASK:
-            kv_mask = (offs_n < N)[None, :] & d_ok[:, None]
-        else:
-            kv_mask = d_ok[:, None]
-        kt = tl.load(k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kv_mask, other=0.0)
-        vt = tl.load(v_base + rows[None, :] * stride_vn + offs_d[:, None] * stride_vd, mask=kv_mask, other=0.0)
-        p = tl.exp2(tl.dot(q, kt, input_precision=PRECISION) * qk_scale - lse[:, None])
-        if MASK:
-            p = tl.where(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED), p, 0.0)
-        dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
-    return dq
+def _dq_block(state, ctx, offs_n, M, N, W, qk_scale,
+              MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
+    """Accumulate dq of one query block by the key block offs_n; walk_blocks' body."""
+    (dq,) = state
+    q, do, lse, delta, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok = ctx
+    rows = offs_n.to(tl.int64)
+    if MASK:
+        kv_mask = (offs_n < N)[None, :] & d_ok[:, None]
+    else:
+        kv_mask = d_ok[:, None]
+    kt = tl.load(k_base + rows[None, :] * strides_k[2] + offs_d[:, None] * strides_k[3], mask=kv_mask, other=0.0)
+    vt = tl.load(v_base + rows[None, :] * strides_v[2] + offs_d[:, None] * strides_v[3], mask=kv_mask, other=0.0)
+    p = tl.exp2(tl.dot(q, kt, input_precision=PRECISION) * qk_scale - lse[:, None])
+    if MASK:
+        p = tl.where(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED), p, 0.0)
+    dp = tl.dot(do, vt, input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+    return (dq,)
 
 
 @rt.autotune(DQ_CONFIGS, key=TUNE_KEY, default={"BLOCK_M": 128, "BLOCK_N": 128}, prune=dq_fits)
 @triton.jit
 def attn_bwd_dq(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    Q, K, V, DO, LSE, DELTA, DQ, strides_q, strides_k, strides_v, strides_do, strides_dq,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
@@ -247,40 +213,19 @@ def attn_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # grid: (query blocks, batch * q_heads)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
-
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
-    m_ok = offs_m < M
-    rows_m = offs_m.to(tl.int64)
+    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
+        H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
     q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=q_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=q_mask, other=0.0)
+    q = tl.load(tile_ptrs(Q, strides_q, b, h, rows_m, offs_d), mask=q_mask, other=0.0)
+    do = tl.load(tile_ptrs(DO, strides_do, b, h, rows_m, offs_d), mask=q_mask, other=0.0)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = head_base(K, strides_k, b, hk)
+    v_base = head_base(V, strides_v, b, hk)
 
-    lo, full_lo, full_hi, hi = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
+    bounds = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m, offs_d, d_ok, lo, full_lo, M, N, W, qk_scale, True, CAUSAL, WINDOWED, PRECISION,
-                    BLOCK_N)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m, offs_d, d_ok, full_lo, full_hi, M, N, W, qk_scale, False, CAUSAL, WINDOWED, PRECISION,
-                    BLOCK_N)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_m, offs_d, d_ok, full_hi, hi, M, N, W, qk_scale, True, CAUSAL, WINDOWED, PRECISION,
-                    BLOCK_N)
+    ctx = (q, do, lse, delta, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok)
+    (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
     dq = dq * sm_scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             dq.to(DQ.dtype.element_ty), mask=q_mask)
+    tl.store(tile_ptrs(DQ, strides_dq, b, h, rows_m, offs_d), dq.to(DQ.dtype.element_ty), mask=q_mask)
