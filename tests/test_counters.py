@@ -229,3 +229,18 @@ def test_eager_attention_is_counted_with_its_score_matrix():
     assert eager.bytes >= 4 * scores
     assert eager.flops >= 4 * d * visible_pairs(n, n)
     assert "bmm" in eager.by_kernel() or "matmul" in eager.by_kernel()
+
+
+def test_sdpa_is_counted_with_the_flops_of_the_gpu_kernel():
+    """On the CPU SDPA runs a kernel torch's FLOP formulas do not cover; the counter gives it theirs (full square)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n, d = 1024, 64
+    with FakeTensorMode():
+        q = torch.randn(1, 2, n, d, requires_grad=True)
+        with kernels.count() as fwd:
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        with kernels.count() as bwd:
+            out.sum().backward()
+    assert fwd.flops == 2 * 2 * (2 * n * n * d)  # q.k and p.v, per head, full square
+    assert bwd.flops == 2.5 * fwd.flops

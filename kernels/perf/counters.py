@@ -296,6 +296,26 @@ _NO_KERNEL = {  # aten ops that only describe or allocate tensors: no kernel run
 _DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
+def _register_cpu_sdpa_flops():
+    """torch's FLOP formulas cover the GPU's SDPA kernels but not the CPU one that runs here (fake tensors take
+    the CPU's path): give it the same formulas, so SDPA's counted FLOPs are those the GPU's flash kernel would do
+    (torch counts the full square, causal or not)."""
+    from torch.utils.flop_counter import (flop_registry, register_flop_formula, sdpa_backward_flop_count,
+                                          sdpa_flop_count)
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in flop_registry:
+        return
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def _aten_launch(func, args, kwargs, out) -> Launch | None:
     if func.is_view or func._schema.name.split("::")[-1] in _NO_KERNEL or not _tensors(out):
         return None  # a view, an allocation, or a query (.device, .size()): no kernel
@@ -316,6 +336,8 @@ def _aten_launch(func, args, kwargs, out) -> Launch | None:
 
 def _dispatch_mode():
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    _register_cpu_sdpa_flops()
 
     class _CountAten(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
