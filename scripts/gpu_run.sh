@@ -28,6 +28,6 @@ fi
 if [ "$stage" = all ] || [ "$stage" = sweep ]; then
   [ -f sweeps/results/partial.csv ] && cp sweeps/results/partial.csv "$OUT/sweep.csv"
   python3 -m sweeps $ops --out "$OUT/sweep.csv" 2>&1 | tee "$OUT/sweep.log"
-  python3 -m plots "$OUT/sweep.csv" --out "$OUT/speedup.png"
+  mkdir -p "$OUT/plots" && python3 -m plots "$OUT/sweep.csv" --out "$OUT/plots/"  # one PNG per op: a folder of their own
 fi
 ls -la "$OUT"

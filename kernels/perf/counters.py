@@ -71,7 +71,7 @@ class Launch:
 
 @dataclasses.dataclass
 class Counter:
-    """The launches seen inside one ``count()`` / ``count_torch()`` block, and their totals."""
+    """The launches seen inside one ``count()`` block, and their totals."""
 
     records: list = dataclasses.field(default_factory=list)
 
