@@ -49,7 +49,6 @@ class Modeled:
     device = h100.DEVICE
     real_sizes = True
     stand_ins = {torch.bfloat16: torch.float16}
-    grads_always = True  # one case (inputs with gradients) serves every mode: forward and backward counted once
     notice = ("No GPU: every case is counted under the Triton interpreter at its real size and modeled on an H100 "
               "(device=model:H100): an attainable bound from counted FLOPs and bytes, not a measured time.")
 
@@ -88,12 +87,12 @@ class Modeled:
         if provider == "compile":
             raise NotImplementedError(UNCOUNTABLE_COMPILE)
         phases = self._phases.get((key, provider))
+        if isinstance(phases, Exception):
+            raise phases
         if phases is None or (mode != "fwd" and "bwd" not in phases):
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
                                   self.seconds)  # a fallback: prepare() counted what it was given
             self._phases[(key, provider)] = phases
-        if isinstance(phases, Exception):
-            raise phases
         counter = Counter([r for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))
                            for r in phases[phase].records])
         sampled = [r for r in counter.records if r.programs_run < r.programs]
