@@ -50,6 +50,33 @@ BF16_UNDER_INTERPRETER = (
 )
 
 
+# Tensor-memory-accelerator (TMA) loads: kernels build tensor descriptors on the device
+# (``tl.make_tensor_descriptor``), which needs a little global scratch per launch for the descriptors; Triton
+# asks a process-wide allocator for it. The interpreter and compile-only mode allocate nothing.
+TMA = COMPILE_ONLY or INTERPRET or (GPU and torch.cuda.get_device_capability()[0] >= 9)
+
+
+def _descriptor_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+if GPU and not INTERPRET and not COMPILE_ONLY:
+    triton.set_allocator(_descriptor_scratch)
+
+
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """Whether TMA can load these tensors' tiles: this device has it (sm_90+, or compile-only/interpreter), each
+    tensor's last dim is contiguous, its other strides and its base address are 16-byte aligned (what a tensor
+    descriptor requires; a config with ``TMA`` is pruned for a call that fails this)."""
+    if not TMA:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
 def backend() -> str:
     """A one-word name of where kernels run: 'interpreter' or the GPU's name."""
     if INTERPRET:

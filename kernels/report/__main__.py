@@ -1,0 +1,147 @@
+"""``python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]``
+
+Compiles every kernel of the ops under every config at the GPU sweep's shapes, prints the table and writes the
+CSV (columns: ``kernels/report/__init__.py``). Re-executes itself in compile-only mode when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import compile_only
+
+SHOWN = ["op", "shape", "seqlen", "dtype", "kernel", "variant", "config", "def", "pruned", "regs", "spill", "stack",
+         "stl", "ldl", "smem_kb", "occ", "limit", "tensor_core", "tma/cpa/ldg", "bar", "sass", "error"]
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m kernels.report", description=__doc__.splitlines()[0])
+    p.add_argument("ops", nargs="*", default=["all"], help="op names (kernels.OPS) or 'all' (the default)")
+    p.add_argument("--arch", default="sm_90", help="target (default sm_90; the occupancy model is an H100's)")
+    p.add_argument("--out", default="report.csv", help="CSV path (default report.csv; '-' for none)")
+    p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    p.add_argument("--peers", action="store_true", help="also peer projects' kernels (kernels/report/peers.py)")
+    p.add_argument("--quiet", action="store_true", help="no table on stdout (the CSV only)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="compiling processes (default: 2 or the CPU count if smaller; 1 on a GPU)")
+    return p.parse_args(argv)
+
+
+def tensor_core(r) -> str:
+    return f"HGMMA {r['hgmma']}" if r.get("hgmma") else f"HMMA {r['hmma']}" if r.get("hmma") else "-"
+
+
+def load_class(r) -> str:
+    """The global-to-shared feeds present, TMA first: 'TMA', 'cp.async', 'LDG' (or several, '+'-joined)."""
+    kinds = [k for k, c in (("TMA", "utmaldg"), ("cp.async", "ldgsts"), ("LDG", "ldg")) if r.get(c)]
+    return "+".join(kinds) or "-"
+
+
+def frame(rows):
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in ["regs", "spill_stores", "spill_loads", "stack", "stl", "ldl", "smem", "occ_warps", "hgmma", "hmma",
+              "utmaldg", "ldgsts", "ldg", "bar", "sass"]:
+        if c not in df:
+            df[c] = pd.NA
+    return df
+
+
+def table(df):
+    """The printed view of the report's frame: compact columns."""
+    out = df.copy()
+    out["def"] = out.get("default", False).map(lambda d: "*" if d is True else "")
+    out["spill"] = out["spill_stores"]
+    out["smem_kb"] = (out["smem"] / 1024).round(1)
+    out["occ"] = out["occ_warps"]
+    out["limit"] = out.get("occ_limit", "")
+    out["tensor_core"] = [tensor_core(r) for r in out.to_dict("records")]
+    out["tma/cpa/ldg"] = [f"{r['utmaldg']}/{r['ldgsts']}/{r['ldg']}" if r.get("sass") == r.get("sass") else ""
+                          for r in out.to_dict("records")]
+    return out[[c for c in SHOWN if c in out]].fillna("")
+
+
+def summary(df):
+    """Each kernel's default config in bf16, worst case over the shapes and variants where the autotuner may pick
+    it (``pickable``: at how many of its rows it may; where at none, over all of them)."""
+    import pandas as pd
+
+    d = df[(df["dtype"] == "bf16") & (df["default"] == True)]  # noqa: E712  (a pandas mask)
+    rows = []
+    for (op, kernel), every in d.groupby(["op", "kernel"], sort=False):
+        g = every[every["may_pick"] == True] if (every["may_pick"] == True).any() else every  # noqa: E712
+        rec = g.to_dict("records")
+        rows.append({"op": op, "kernel": kernel, "config": g["config"].iloc[0],
+                     "pickable": f"{int((every['may_pick'] == True).sum())}/{len(every)}",  # noqa: E712
+                     "regs": int(g["regs"].max()), "spill": int(g["spill_stores"].max()),
+                     "stack": int(g["stack"].max()),
+                     "occ": "-".join(sorted({str(int(g["occ_warps"].min())), str(int(g["occ_warps"].max()))},
+                                            key=int)),
+                     "limit": "/".join(sorted(set(g["occ_limit"]))),
+                     "tensor_core": "/".join(sorted({tensor_core(r).split()[0] for r in rec})),
+                     "loads": "/".join(sorted({load_class(r) for r in rec}))})
+    return pd.DataFrame(rows)
+
+
+_COST = {("attention", "fp32"): 10, ("attention", "bf16"): 3, ("mlp", "fp32"): 2, ("moe", "fp32"): 2}  # rough
+_PLANS: dict = {}  # (op, dtype) -> collect.Plan, made by the light passes before the workers start
+
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse(argv)
+    if not compile_only.active():
+        compile_only.reexec("kernels.report", argv)
+    arch = int(args.arch.removeprefix("sm_"))
+    real_driver = not compile_only.install(arch)
+
+    import kernels
+    import pandas as pd
+
+    from . import collect, peers, sass
+
+    names = list(kernels.OPS) if "all" in args.ops else args.ops
+    unknown = [n for n in names if n not in kernels.OPS]
+    if unknown:
+        print(f"unknown op(s) {unknown}; known: {list(kernels.OPS)}", file=sys.stderr)
+        return 2
+    start = time.time()
+    _PLANS.update({(n, d): collect.plan(kernels.OPS[n], d) for n in names for d in args.dtype})  # light passes
+    jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]  # one config index each
+    if args.jobs > 1 and not real_driver:
+        import multiprocessing
+
+        costly = sorted(jobs, key=lambda j: -_COST.get((j[0], j[1]), 1))  # the longest first: workers end together
+        # spawn, not fork: a forked child of a process that ran torch's OpenMP threads hangs in its first parallel op
+        with multiprocessing.get_context("spawn").Pool(args.jobs, collect.worker_init, (arch,)) as pool:
+            work = [(*j, _PLANS[j[:2]]) for j in costly]
+            done = dict(zip(costly, pool.map(collect.compile_job, work, chunksize=1)))
+    else:
+        done = {j: collect.compile_job((*j, _PLANS[j[:2]]), real_driver) for j in jobs}
+    rows = [r for (n, d), p in _PLANS.items()
+            for r in collect.finish(kernels.OPS[n], p, [r for j in jobs if j[:2] == (n, d) for r in done[j]])]
+    if args.peers:
+        rows += peers.peer_rows(names, args.dtype, lambda k: sass.analyse(k, from_driver=real_driver))
+    df = frame(rows)
+    if args.out != "-":
+        df.to_csv(args.out, index=False)
+    if not args.quiet:
+        with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+            print(table(df).to_string(index=False))
+            print("\nDefault configs, bf16 (worst over the shapes and variants where the tuner may pick them):")
+            print(summary(df).to_string(index=False))
+    import triton
+
+    print(f"\n{len(df)} rows, {df['error'].astype(bool).sum()} with errors; {args.arch}, triton {triton.__version__}, "
+          f"{'driver' if real_driver else 'cuobjdump/nvdisasm'}; {time.time() - start:.0f} s"
+          + (f"; CSV: {os.path.abspath(args.out)}" if args.out != "-" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The static sm_90 report (``kernels/report``) and what it demands of the kernels, without a GPU.
+
+* the report's registers / stack / static shared memory are cuobjdump's own, for a kernel that spills;
+* every kernel of a small op gets a row per config, dtype and shape;
+* the GEMM-like kernels use Hopper's tensor cores (``HGMMA``) in bf16 on every config whose MMA tile has >= 64
+  rows (:data:`GEMMS`, exemptions in :data:`EXEMPT` with their reasons);
+* no config the autotuner may pick at the sweep's shapes (after the prune rule) spills registers (ptxas' spill
+  stores/loads; a stack frame alone may be libdevice's sin/cos scratch, see kernels/report/__init__.py).
+
+The report runs in a subprocess (it compiles; pytest's process interprets). The two last checks share one run
+over every op in the sweep's dtype (bf16): minutes on a cold Triton cache, about one on a warm one. Cases that
+fail today are ``xfail(strict=True)`` with their figures, so fixing one turns the suite red until it is unmarked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kernels import OPS
+from kernels import _runtime as rt
+from kernels.report.collect import op_kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(rt.GPU, reason="the report compiles for sm_90 here; a GPU's suite runs the kernels")
+
+
+def _report(out: Path, *args) -> pd.DataFrame:
+    proc = subprocess.run([sys.executable, "-m", "kernels.report", *args, "--quiet", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return pd.read_csv(out, keep_default_na=False, na_values=[""])
+
+
+@pytest.fixture(scope="module")
+def routing_report(tmp_path_factory):
+    return _report(tmp_path_factory.mktemp("report") / "routing.csv", "topk_routing")
+
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory):
+    """Every op in bf16 (the sweep's dtype) at the sweep's shapes."""
+    return _report(tmp_path_factory.mktemp("report") / "bf16.csv", "all", "--dtype", "bf16")
+
+
+# ------------------------------------------------------------------------------------------------ the parser
+
+
+def _cubin(name: str, kernel_hash: str) -> bytes:
+    """The cubin Triton cached for the compiled kernel ``name`` of this hash (its metadata JSON names the hash)."""
+    from triton import knobs
+
+    for meta in Path(knobs.cache.dir).glob(f"*/{name}.json"):
+        if re.search(rf'"hash":\s*"{kernel_hash}"', meta.read_text()):
+            return meta.with_suffix(".cubin").read_bytes()
+    raise FileNotFoundError(f"{name} {kernel_hash} in {knobs.cache.dir}")
+
+
+def test_numbers_are_cuobjdumps(routing_report, tmp_path):
+    """Registers, stack and static shared memory of a spilling kernel (routing_bwd, bf16, its default config) as
+    ``cuobjdump -res-usage`` prints them, read here with a separate pattern: the report's parser cannot drift."""
+    from kernels.report.sass import tool
+
+    rows = routing_report[(routing_report.kernel == "routing_bwd") & (routing_report.dtype == "bf16")
+                          & routing_report.default]
+    assert len(rows) >= 1
+    row = rows.iloc[0]
+    path = tmp_path / "k.cubin"
+    path.write_bytes(_cubin("routing_bwd", row["hash"]))
+    text = subprocess.run([tool("cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    m = re.search(r"Function routing_bwd:\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    assert m, text
+    assert (row["regs"], row["stack"], row["smem_static"], row["local"]) == tuple(int(g) for g in m.groups())
+    assert row["stack"] > 0 and row["stl"] > 0  # the case that matters: a spill is seen both ways
+    sass = subprocess.run([tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert row["stl"] == len(re.findall(r"\bSTL(?:\.\w+)*\s", sass))
+
+
+def test_rows_for_every_kernel_of_a_small_op(routing_report):
+    spec = OPS["topk_routing"]
+    shapes = routing_report["shape"].unique()
+    assert len(shapes) == len({tuple(sorted((k, v) for k, v in d.items() if k != "seqlen"))
+                               for d in spec.sweep_cases(True)})
+    for tuned in op_kernels(spec):
+        for index in range(len(tuned.configs)):
+            for dtype in ("bf16", "fp32"):
+                for shape in shapes:
+                    rows = routing_report[(routing_report.kernel == tuned.name) & (routing_report.cfg == index)
+                                          & (routing_report.dtype == dtype) & (routing_report.shape == shape)]
+                    assert len(rows) >= 1, (tuned.name, index, dtype, shape)
+                    assert (rows.error.isna() & (rows.regs > 0) & (rows.sass > 0)).all(), rows.to_dict("records")
+    assert routing_report.default.sum() == 2 * len(shapes) * len(op_kernels(spec))
+
+
+# ------------------------------------------------------------------------------------------------ HGMMA
+
+
+@dataclasses.dataclass(frozen=True)
+class Gemm:
+    op: str
+    kernel: str
+    rows: str  # the block size that is the MMA's M (the rows of the accumulator tile): a config kwarg or constexpr
+    why: str
+
+
+# The GEMM-like kernels: each must issue wgmma (HGMMA) in bf16 on sm_90 whenever its accumulator tile has >= 64
+# rows (one warpgroup's wgmma is 64 rows tall; below that Triton falls back to mma.sync, HMMA).
+GEMMS = [
+    Gemm("attention", "attn_fwd", "BLOCK_M", "S = Q K^T and O += P V on a BLOCK_M-row query tile"),
+    Gemm("attention", "attn_bwd_dkdv", "BLOCK_N", "dV += P^T dO, dK += dS^T Q on a BLOCK_N-row key tile"),
+    Gemm("attention", "attn_bwd_dq", "BLOCK_M", "dQ += dS K on a BLOCK_M-row query tile"),
+    Gemm("mlp", "gemm", "BLOCK_M", "every matmul of the MLP, forward and backward"),
+    Gemm("moe", "moe_gate_up", "BLOCK_M", "x @ [gate; up]^T per expert block (BLOCK_M from the dispatch)"),
+    Gemm("moe", "moe_down", "BLOCK_M", "h @ down^T per expert block (BLOCK_M from the dispatch)"),
+]
+# Configs exempt from HGMMA, and why: tiles under 64 rows, for problems with few rows.
+EXEMPT = {
+    ("attn_fwd", "BM=16 BN=128 w4 s3"): "decode: q_len <= 16 (the prune rule keeps it for short queries only)",
+    ("attn_fwd", "BM=16 BN=64 w4 s2"): "decode at head dim 256",
+    ("gemm", "BM=32 BN=64 BK=32 GROUP_M=8 EPI_SPLIT=0 w4 s4"): "a few tokens (decode): 32-row tiles",
+}
+XFAIL_HGMMA: dict[tuple[str, int], str] = {}
+
+
+def _tile_rows(gemm: Gemm, row) -> int:
+    m = re.search(rf"(?:^|\s)(?:{gemm.rows}|B{gemm.rows.removeprefix('BLOCK_')})=(\d+)",
+                  f"{row['variant']} {row['config']}")
+    return int(m.group(1))
+
+
+def _gemm_params():
+    params = []
+    for g in GEMMS:
+        tuned = next(t for t in op_kernels(OPS[g.op]) if t.name == g.kernel)
+        for index in range(len(tuned.configs)):
+            reason = XFAIL_HGMMA.get((g.kernel, index))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            params.append(pytest.param(g, index, marks=marks, id=f"{g.kernel}-{index}"))
+    return params
+
+
+def test_exemptions_are_short_tiles(sweep_report):
+    """An exempt config must really be a tile under 64 rows (the list cannot hide a full-size one)."""
+    for (kernel, config), why in EXEMPT.items():
+        gemm = next(g for g in GEMMS if g.kernel == kernel)
+        rows = sweep_report[(sweep_report.kernel == kernel) & (sweep_report.config == config)]
+        assert len(rows), (kernel, config, "not in the report")
+        assert all(_tile_rows(gemm, r) < 64 for r in rows.to_dict("records")), (kernel, config, why)
+
+
+@pytest.mark.parametrize("gemm, index", _gemm_params())
+def test_gemms_use_hgmma(sweep_report, gemm, index):
+    rows = sweep_report[(sweep_report.op == gemm.op) & (sweep_report.kernel == gemm.kernel)
+                        & (sweep_report.cfg == index) & sweep_report.may_pick]
+    rows = [r for r in rows.to_dict("records") if (gemm.kernel, r["config"]) not in EXEMPT]
+    bad = [f"{r['shape']} [{r['variant']}] {r['config']}: HGMMA {r['hgmma']}, HMMA {r['hmma']}"
+           for r in rows if _tile_rows(gemm, r) >= 64 and not r["hgmma"] > 0]
+    assert not bad, f"{gemm.kernel} ({gemm.why}) without wgmma:\n" + "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------------ spills
+
+XFAIL_SPILLS: dict[tuple[str, int], str] = {}
+
+
+def _spill_params():
+    params, seen = [], set()
+    for name, spec in OPS.items():
+        for tuned in op_kernels(spec):
+            if (tuned.name, spec.fn.__module__) in seen:
+                continue  # layer_norm and rms_norm share their kernels: one test each, over both ops' rows
+            seen.add((tuned.name, spec.fn.__module__))
+            for index in range(len(tuned.configs)):
+                reason = XFAIL_SPILLS.get((tuned.name, index))
+                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                params.append(pytest.param(tuned.name, index, marks=marks, id=f"{tuned.name}-{index}"))
+    return params
+
+
+@pytest.mark.parametrize("kernel, index", _spill_params())
+def test_no_spills_where_the_tuner_may_pick(sweep_report, kernel, index):
+    rows = sweep_report[(sweep_report.kernel == kernel) & (sweep_report.cfg == index) & sweep_report.may_pick]
+    errors = rows[rows.error.notna()]
+    assert errors.empty, errors[["op", "shape", "variant", "config", "error"]].to_string()
+    spills = rows[(rows.spill_stores > 0) | (rows.spill_loads > 0)]
+    assert spills.empty, "spills:\n" + spills[["op", "shape", "variant", "config", "regs", "spill_stores",
+                                               "spill_loads", "stack"]].to_string()
