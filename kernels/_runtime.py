@@ -66,13 +66,14 @@ if GPU and not INTERPRET and not COMPILE_ONLY:
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
     """Whether TMA can load these tensors' tiles: this device has it (sm_90+, or compile-only/interpreter), each
-    tensor's last dim is contiguous, its other strides and its base address are 16-byte aligned (what a tensor
-    descriptor requires; a config with ``TMA`` is pruned for a call that fails this)."""
+    tensor's last dim is contiguous, its other strides and its start are 16-byte aligned (what a tensor descriptor
+    requires; a config with ``TMA`` is pruned for a call that fails this). The start is judged by the storage
+    offset (PyTorch's allocations are aligned far beyond 16 bytes), so fake tensors are judged too."""
     if not TMA:
         return False
     for t in tensors:
         size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+        if t.stride(-1) != 1 or (t.storage_offset() * size) % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
             return False
     return True
 
