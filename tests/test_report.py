@@ -1,6 +1,7 @@
 """The static sm_90 report (``kernels/report``) and what it demands of the kernels, without a GPU.
 
-* the report's registers / stack / static shared memory are cuobjdump's own, for a kernel that spills;
+* the report's registers / stack / static shared memory are cuobjdump's own (one of our kernels, and a toy kernel
+  that must spill, whose spill bytes are also ptxas' own and whose local loads and stores are the SASS's);
 * every kernel of a small op gets a row per config, dtype and shape;
 * the GEMM-like kernels use Hopper's tensor cores (``HGMMA``) in bf16 on every config whose MMA tile has >= 64
   rows (:data:`GEMMS`, exemptions in :data:`EXEMPT` with their reasons);
@@ -15,6 +16,8 @@ fail today are ``xfail(strict=True)`` with their figures, so fixing one turns th
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import sys
@@ -62,26 +65,82 @@ def _cubin(name: str, kernel_hash: str) -> bytes:
     raise FileNotFoundError(f"{name} {kernel_hash} in {knobs.cache.dir}")
 
 
-def test_numbers_are_cuobjdumps(routing_report, tmp_path):
-    """Registers, stack and static shared memory of a spilling kernel (routing_bwd, bf16, its default config) as
-    ``cuobjdump -res-usage`` prints them, read here with a separate pattern: the report's parser cannot drift."""
+def _res_usage(cubin: Path, name: str) -> tuple[int, ...]:
+    """(REG, STACK, SHARED, LOCAL) of ``name`` as ``cuobjdump -res-usage`` prints them, read with a pattern of
+    this test's own (not the report's parser)."""
     from kernels.report.sass import tool
 
+    text = subprocess.run([tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    m = re.search(rf"Function {name}:\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    assert m, text
+    return tuple(int(g) for g in m.groups())
+
+
+def _sass_count(cubin: Path, opcode: str) -> int:
+    from kernels.report.sass import tool
+
+    text = subprocess.run([tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    return len(re.findall(rf"\b{opcode}(?:\.\w+)*\s", text))
+
+
+def test_numbers_are_cuobjdumps(routing_report, tmp_path):
+    """One of our kernels (routing_bwd, bf16, its default config): registers, stack and static shared memory as
+    ``cuobjdump -res-usage`` prints them, and its global loads as ``cuobjdump -sass`` lists them."""
     rows = routing_report[(routing_report.kernel == "routing_bwd") & (routing_report.dtype == "bf16")
                           & routing_report.default]
     assert len(rows) >= 1
     row = rows.iloc[0]
     path = tmp_path / "k.cubin"
     path.write_bytes(_cubin("routing_bwd", row["hash"]))
-    text = subprocess.run([tool("cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    m = re.search(r"Function routing_bwd:\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
-    assert m, text
-    assert (row["regs"], row["stack"], row["smem_static"], row["local"]) == tuple(int(g) for g in m.groups())
-    assert row["stack"] > 0 and row["stl"] > 0  # the case that matters: a spill is seen both ways
-    sass = subprocess.run([tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    assert row["stl"] == len(re.findall(r"\bSTL(?:\.\w+)*\s", sass))
+    assert (row["regs"], row["stack"], row["smem_static"], row["local"]) == _res_usage(path, "routing_bwd")
+    assert row["regs"] > 0 and row["ldg"] > 0
+    assert (row["ldg"], row["stl"], row["bar"]) == tuple(_sass_count(path, op) for op in ("LDG", "STL", "BAR"))
+
+
+# A kernel that must spill: one warp holds an 8192-float row (256 values a thread) across a reduction.
+_SPILLER = """
+import os, sys
+os.environ.update({"TRITON_INTERPRET": "0", "KERNELS_COMPILE_ONLY": "1"})
+import json, torch, triton, triton.language as tl
+from kernels.report import compile_only, sass
+compile_only.install(90, force=True)
+
+@triton.jit
+def hold_a_row(x_ptr, y_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    x = tl.load(x_ptr + offs)
+    tl.store(y_ptr + offs, x * tl.sum(x * x) + tl.max(x))
+
+x = torch.empty(8192)
+with sass.catching_ptxas_log() as log:
+    kernel = hold_a_row.warmup(x, x, N=8192, grid=(1,), num_warps=1)
+kernel.ptxas_log = log.getvalue() or sass.ptxas_log(kernel.asm["ptx"], 90)  # a cache hit ran no ptxas
+open(sys.argv[1], "wb").write(kernel.asm["cubin"])
+open(sys.argv[2], "w").write(kernel.ptxas_log)
+print(json.dumps(sass.analyse(kernel)))
+"""
+
+
+def test_a_spill_is_seen_as_cuobjdump_and_ptxas_see_it(tmp_path):
+    """The report's columns for a kernel that spills: cuobjdump's REG / STACK, ptxas' spill bytes (read here with
+    a pattern of the test's own) and the STL / LDL instructions of the SASS."""
+    cubin, log, script = tmp_path / "k.cubin", tmp_path / "ptxas.log", tmp_path / "spiller.py"
+    script.write_text(_SPILLER)  # a file: Triton reads a kernel's source with inspect
+    proc = subprocess.run([sys.executable, str(script), str(cubin), str(log)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "KERNELS_REPORT_CACHE": str(tmp_path),
+                                                       "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    regs, stack, shared, local = _res_usage(cubin, "hold_a_row")
+    assert (row["regs"], row["stack"], row["smem_static"], row["local"]) == (regs, stack, shared, local)
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.read_text())
+    assert m, log.read_text()
+    assert (row["spill_stores"], row["spill_loads"]) == (int(m.group(1)), int(m.group(2)))
+    assert row["spill_stores"] > 0 and stack > 0  # it does spill, and every reader sees it
+    assert (row["stl"], row["ldl"]) == (_sass_count(cubin, "STL"), _sass_count(cubin, "LDL"))
+    assert row["stl"] > 0 and row["ldl"] > 0
 
 
 def test_rows_for_every_kernel_of_a_small_op(routing_report):
