@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The one GPU run: versions and device, the roofline ceilings, the test suite in its `gpu` hypothesis profile
-# (compiled kernels, bf16 included, bigger shapes), then the sweeps of every op and model with their plots.
+# (compiled kernels, bf16 included, bigger shapes), the static sm_90 report, then the sweeps of every op and model with their plots.
 # Everything lands in $OUT (default out/gpu), at most 8 files, flat (what the device tool brings back).
 #
-#   scripts/gpu_run.sh [all|check|sweep] [OP ...]     (default: all, every op)
+#   scripts/gpu_run.sh [all|check|report|sweep] [OP ...]     (default: all, every op)
 #
 # Runs on the GPU image as it is (python3 with torch, triton, pandas, matplotlib, hypothesis, transformers):
 # nothing is installed. The sweep CSV resumes: copy an earlier $OUT/sweep.csv to sweeps/results/partial.csv
@@ -24,6 +24,10 @@ PY
 
 if [ "$stage" = all ] || [ "$stage" = check ]; then
   HYPOTHESIS_PROFILE=gpu python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest.log"
+fi
+if [ "$stage" = all ] || [ "$stage" = report ]; then
+  # the static sm_90 report, its registers and local memory read from the loaded kernels (n_regs, n_spills)
+  python3 -m kernels.report $ops --out "$OUT/report.csv" > "$OUT/report.txt" 2>&1
 fi
 if [ "$stage" = all ] || [ "$stage" = sweep ]; then
   [ -f sweeps/results/partial.csv ] && cp sweeps/results/partial.csv "$OUT/sweep.csv"
