@@ -1,4 +1,6 @@
-"""python -m sweeps OP [OP ...] | all  [--out CSV] [--dtypes bf16,fp16] [--modes fwd,bwd] [--providers ours,eager]"""
+"""python -m sweeps OP [OP ...] | all  [--out CSV] [--dtypes bf16,fp16] [--modes fwd,bwd] [--providers ours,eager]
+
+Under torchrun (``torchrun --nproc-per-node N -m sweeps ...``) the ranks share the cases: sweeps/distributed.py."""
 
 import argparse
 import os
@@ -8,6 +10,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from kernels import _runtime as rt
+from sweeps import distributed
 from sweeps.plan import DTYPES, NothingToRun, all_specs, providers
 from sweeps.runner import run
 from sweeps.modeled import DEFAULT_SAMPLE, Modeled
@@ -64,10 +67,10 @@ def main(argv=None):
         parser.error("--interpreter-timings: this machine has a GPU; its rows are timed with do_bench")
     if args.sample < 0:
         parser.error(f"--sample must be >= 0, got {args.sample}")
-    measurer = Timer() if args.interpreter_timings or not rt.INTERPRET else Modeled(args.sample or None)
+    modeled = rt.INTERPRET and not args.interpreter_timings
 
     names = list(specs) if args.ops == ["all"] else args.ops
-    if args.ops == ["all"] and isinstance(measurer, Modeled):
+    if args.ops == ["all"] and modeled:
         # Counting a whole model at the real sizes takes minutes a case under the interpreter; the ops it is made
         # of are counted one by one anyway. Name model_* sweeps to count them.
         names = [n for n in names if not n.startswith("model_")]
@@ -100,12 +103,18 @@ def main(argv=None):
         if bad:
             parser.error(f"--providers: {', '.join(map(repr, bad))} is not a provider of {', '.join(names)}; "
                          f"choose from {', '.join(valid)}")
+    ranks = distributed.init()  # one process of several (torchrun): join the others, take this rank's GPU
+    # a node's ranks share its cores: each gets its part for the counting workers
+    measurer = (Modeled(args.sample or None, workers=min(2, ranks.cpus())) if modeled
+                else Timer(workers=max(1, min(8, ranks.cpus() // 2))))
     out = args.out or default_out("all" if args.ops == ["all"] else "-".join(names), measurer.device)
     try:
         run(chosen, out, dtypes=dtypes, modes=modes, wanted_providers=wanted, max_seqlen=args.max_seqlen,
-            measurer=measurer)
+            measurer=measurer, ranks=ranks)
     except NothingToRun as e:
         parser.exit(2, f"{parser.prog}: error: {e}; nothing written\n")
+    finally:
+        distributed.close(ranks)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,30 @@ def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wante
         raise NothingToRun(f"nothing to run: no case of {', '.join(s.name for s in specs)} has "
                            f"{' and '.join(limits) or 'this selection'}")
     return items
+
+
+# ------------------------------------------------------------------------------------------------ expected cost
+
+# What a row is expected to cost, to balance a sweep over processes (sweeps/distributed.py). Only the proportions
+# matter, and only roughly; what matters more is that the cost is deterministic and grows with the work. A row
+# costs a fixed part (making the inputs, warm-up, the timing loop's budget; under the interpreter, setting up the
+# counters) plus its least work timed on an H100's roofline (the op spec's FLOPs and bytes at that case) times the
+# calls a row makes (warm-up, autotuning over the configs, repetitions; under the interpreter, the sampled
+# programs). torch.compile's rows add a compilation.
+ROW_SECONDS = 0.2
+CALLS_PER_ROW = 1000
+COMPILE_SECONDS = 5.0
+
+
+def expected_cost(item: WorkItem, providers: list[str]) -> float:
+    """Expected seconds (a rough model, see above) of measuring ``item`` under ``providers``."""
+    from kernels.perf import h100
+
+    name = DTYPE_NAMES[item.dtype]
+    peak = h100.PEAK_FLOPS["fp32-ieee" if name == "fp32" else name]
+    try:
+        work = max(float(item.spec.flops(item.dims, item.mode)) / peak,
+                   float(item.spec.bytes_moved(item.dims, item.dtype, item.mode)) / h100.HBM_BYTES_PER_S)
+    except Exception:  # noqa: BLE001  (a spec without formulas for these dims: the sequence length alone)
+        work = item.dims["seqlen"] * 1e-7
+    return sum(ROW_SECONDS + CALLS_PER_ROW * work + (COMPILE_SECONDS if p == "compile" else 0.0) for p in providers)

@@ -6,13 +6,15 @@ providers; :mod:`sweeps.store` reads what an earlier run left in the CSV (resume
 them together and adds the columns derived from a measurement: the roofline (``tflops``, ``gbps``,
 ``pct_roofline``, against the measurer's ceilings) and ``speedup``, eager's time over the provider's, on the same
 inputs (eager runs first; on resume, eager's time may come from the earlier run). A case that fails or runs out of
-memory becomes a row with its ``error``, which the next run retries.
+memory becomes a row with its ``error``, which the next run retries. Under torchrun, each process measures its
+share of the cases into a shard of the CSV and rank 0 merges them at the end (:mod:`sweeps.distributed`).
 """
 
 from __future__ import annotations
 
 import datetime
 import subprocess
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -22,8 +24,9 @@ from tqdm import tqdm
 
 from kernels import _runtime as rt
 from kernels.spec import Case, OpSpec
-from sweeps.plan import ProviderFns, WorkItem, providers_but_compile, work_items
-from sweeps.store import COLUMNS, Store  # noqa: F401  (COLUMNS: tests/test_plots.py imports it from here)
+from sweeps.distributed import Ranks, assign, kill_hook
+from sweeps.plan import ProviderFns, WorkItem, expected_cost, providers_but_compile, work_items
+from sweeps.store import COLUMNS, Store, merge, shard_files, shard_path  # noqa: F401  (COLUMNS: test_plots)
 from sweeps.timing import Timer
 
 
@@ -53,8 +56,13 @@ def default_measurer() -> Measurer:
 
 
 def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_providers=None, max_seqlen=None,
-        measurer: Measurer | None = None) -> Path:
-    """Measure ``specs`` into the CSV ``out``, resuming it. Raises NothingToRun when the selection is empty."""
+        measurer: Measurer | None = None, ranks: Ranks | None = None) -> Path:
+    """Measure ``specs`` into the CSV ``out``, resuming it. Raises NothingToRun when the selection is empty.
+
+    ``ranks``: this process's place in a distributed run (sweeps/distributed.py): it measures its share of the
+    cases into its shard, and rank 0 merges the shards into ``out`` at the end. Without it, one process does all.
+    """
+    ranks = ranks or Ranks()
     measurer = measurer or default_measurer()
     gpu = not rt.INTERPRET
     skip_compile = wanted_providers is None and not gpu
@@ -62,41 +70,99 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
         wanted_providers = providers_but_compile(specs)  # compiling on a CPU: minutes
     items = work_items(specs, gpu=measurer.real_sizes, dtypes=dtypes, modes=modes, wanted_providers=wanted_providers,
                        max_seqlen=max_seqlen, stand_ins=measurer.stand_ins)
-    if measurer.notice:
+    if ranks.lead and measurer.notice:
         print(measurer.notice, flush=True)
-    if skip_compile:
+    if ranks.lead and skip_compile:
         print("(torch.compile providers are skipped under the interpreter; name them with --providers to add them.)")
-    store = Store(out)
-    if store.resumed:
-        print(f"resuming: {len(store.done)} finished rows in {out}"
-              + (f"; {len(store.failed)} failed ones are retried where selected" if store.failed else ""))
+    groups = _by_case(items)
+    store, groups = _share(out, groups, measurer.device, ranks)
 
-    sweep = _Sweep(store, measurer, total=sum(len(item.providers) for item in items))
-    for group in _prepared(measurer, _by_case(items), sweep.todo):
+    sweep = _Sweep(store, measurer, total=sum(len(item.providers) for g in groups for item in g), ranks=ranks)
+    for group in _prepared(measurer, groups, sweep.todo):
         for item in group:
             sweep.run(item)
     sweep.bar.close()
     if sweep.fns.unavailable:
-        print("not available here, skipped: " + ", ".join(sweep.fns.unavailable))
+        print(f"{ranks.tag()}not available here, skipped: " + ", ".join(sweep.fns.unavailable))
+    if ranks.distributed:
+        if sweep.written:
+            print(f"{ranks.tag()}wrote {store.file} ({sweep.written} rows)", flush=True)
+        _merge_shards(out, store.file, sweep.written, ranks)
+        return out
     if sweep.written:
         print(f"wrote {out} ({sweep.written} rows)")
-    else:
+    if shard_files(out):  # an earlier distributed run's, which died before merging them
+        print(f"merged the shards of an earlier run into {out} ({merge(out)} rows)")
+    elif not sweep.written:
         print(f"nothing new: every selected row is already in {out}")
     return out
+
+
+def _share(out: Path, groups: list[list[WorkItem]], device: str, ranks: Ranks):
+    """The store rows go to and the groups (cases) this process measures: all of them, writing to ``out``; or, in
+    a distributed run, its share, writing to its shard (rank 0 reads what earlier runs left and deals the cases
+    out, see sweeps/distributed.py)."""
+    if not ranks.distributed:
+        return _resuming(Store(out)), groups
+    shard = shard_path(out, ranks.rank)
+    if ranks.lead:
+        store = _resuming(Store(out, write_to=shard))
+
+        def cost(item):
+            todo = [p for p in item.providers if not store.finished({**item.columns(p), "device": device})]
+            return expected_cost(item, todo) if todo else 0.0
+
+        costs = [sum(map(cost, group)) for group in groups]
+        shares = assign(costs, ranks.world_size)
+        ranks.broadcast((store.state(), shares))
+    else:
+        state, shares = ranks.broadcast(None)
+        store = Store(out, write_to=shard, state=state)
+    mine = shares[ranks.rank]
+    print(f"{ranks.tag()}{len(mine)} of {sum(map(len, shares))} cases to do"
+          + (f", expected cost {sum(costs[i] for i in mine):.1f} of {sum(costs):.1f}" if ranks.lead else ""),
+          flush=True)
+    return store, [groups[i] for i in mine]
+
+
+def _resuming(store: Store) -> Store:
+    if store.resumed:
+        shards = [p.name for p in shard_files(store.path)]
+        print(f"resuming: {len(store.done)} finished rows in {store.path}"
+              + (f" and the shards {', '.join(shards)}" if shards else "")
+              + (f"; {len(store.failed)} failed ones are retried where selected" if store.failed else ""), flush=True)
+    return store
+
+
+def _merge_shards(out: Path, shard: Path, written: int, ranks: Ranks) -> None:
+    """The end of a distributed run: every rank sends its shard to rank 0, which merges them into ``out``; then,
+    past a barrier, each rank removes its own shard (on a shared disk rank 0 has already)."""
+    sent = ranks.gather((written, shard.read_text() if shard.exists() else ""))
+    if ranks.lead:
+        texts = [text for _, text in sent]
+        new = sum(n for n, _ in sent)
+        if any(t.strip() for t in texts) or shard_files(out):
+            rows = merge(out, texts)
+            print(f"merged the shards of {ranks.world_size} ranks into {out} ({rows} rows, {new} new)", flush=True)
+        else:
+            print(f"nothing new: every selected row is already in {out}", flush=True)
+    ranks.barrier()
+    shard.unlink(missing_ok=True)
 
 
 class _Sweep:
     """The loop's state: the store rows go to, the measurer, the columns all rows share, providers, progress."""
 
-    def __init__(self, store: Store, measurer: Measurer, total: int):
-        self.store, self.measurer = store, measurer
+    def __init__(self, store: Store, measurer: Measurer, total: int, ranks: Ranks):
+        self.store, self.measurer, self.ranks = store, measurer, ranks
         self.ceilings = measurer.ceilings()
-        self.shared = {"device": measurer.device, "torch": torch.__version__, "triton": triton.__version__,
-                       "commit": commit(), **self.ceilings}
-        print(f"device: {measurer.device}; copy {self.ceilings['copy_gbps']:.0f} GB/s, "
+        self.shared = {"device": measurer.device, "rank": ranks.rank, "world_size": ranks.world_size,
+                       "torch": torch.__version__, "triton": triton.__version__, "commit": commit(), **self.ceilings}
+        print(f"{ranks.tag()}device: {measurer.device}; copy {self.ceilings['copy_gbps']:.0f} GB/s, "
               f"matmul {self.ceilings['matmul_tflops']:.1f} TFLOP/s")
         self.fns = ProviderFns()
-        self.bar = tqdm(total=total, desc="sweep", unit="run")
+        self.bar = tqdm(total=total, desc=f"sweep rank {ranks.rank}" if ranks.distributed else "sweep", unit="run",
+                        position=ranks.local_rank if ranks.distributed and sys.stderr.isatty() else None)
         self.written = 0
 
     def todo(self, item: WorkItem) -> list[str]:
@@ -118,6 +184,7 @@ class _Sweep:
             if fn is not None:  # None: unavailable here, no row
                 self.store.add(self.row(item, provider, fn, case))
                 self.written += 1
+                kill_hook(self.ranks, self.written)
             self.bar.update(1)
 
     def key_columns(self, item: WorkItem, provider: str) -> dict:
