@@ -25,6 +25,7 @@ def _parse(argv):
     p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     p.add_argument("--peers", action="store_true", help="also peer projects' kernels (kernels/report/peers.py)")
     p.add_argument("--quiet", action="store_true", help="no table on stdout (the CSV only)")
+    p.add_argument("--markdown", action="store_true", help="print the per-kernel summary as a Markdown table")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="compiling processes (default: 2 or the CPU count if smaller; 1 on a GPU)")
     return p.parse_args(argv)
@@ -65,26 +66,45 @@ def table(df):
     return out[[c for c in SHOWN if c in out]].fillna("")
 
 
+def _span(values) -> str:
+    lo, hi = int(min(values)), int(max(values))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _worst(g) -> dict:
+    rec = g.to_dict("records")
+    return {"regs": _span(g["regs"]), "spill": int(max(g["spill_stores"].max(), g["spill_loads"].max())),
+            "occ": _span(g["occ_warps"]), "limit": "/".join(sorted(set(g["occ_limit"]))),
+            "tensor_core": "/".join(sorted({tensor_core(r).split()[0] for r in rec})),
+            "loads": "/".join(sorted({load_class(r) for r in rec}))}
+
+
 def summary(df):
-    """Each kernel's default config in bf16, worst case over the shapes and variants where the autotuner may pick
-    it (``pickable``: at how many of its rows it may; where at none, over all of them)."""
+    """One line a (op, kernel, dtype): its default config, then every config the autotuner may pick (``may_pick``
+    rows: over the shapes and variants where the prune rule keeps it), each as the range over its rows of
+    registers and occupancy (warps an SM), the worst spill (bytes, ptxas' stores or loads), the limiters, and the
+    tensor-core and global-load classes seen. ``configs``: pickable / all."""
     import pandas as pd
 
-    d = df[(df["dtype"] == "bf16") & (df["default"] == True)]  # noqa: E712  (a pandas mask)
     rows = []
-    for (op, kernel), every in d.groupby(["op", "kernel"], sort=False):
-        g = every[every["may_pick"] == True] if (every["may_pick"] == True).any() else every  # noqa: E712
-        rec = g.to_dict("records")
-        rows.append({"op": op, "kernel": kernel, "config": g["config"].iloc[0],
-                     "pickable": f"{int((every['may_pick'] == True).sum())}/{len(every)}",  # noqa: E712
-                     "regs": int(g["regs"].max()), "spill": int(g["spill_stores"].max()),
-                     "stack": int(g["stack"].max()),
-                     "occ": "-".join(sorted({str(int(g["occ_warps"].min())), str(int(g["occ_warps"].max()))},
-                                            key=int)),
-                     "limit": "/".join(sorted(set(g["occ_limit"]))),
-                     "tensor_core": "/".join(sorted({tensor_core(r).split()[0] for r in rec})),
-                     "loads": "/".join(sorted({load_class(r) for r in rec}))})
-    return pd.DataFrame(rows)
+    for (op, kernel, dtype), every in df[df["error"].fillna("") == ""].groupby(["op", "kernel", "dtype"],
+                                                                                sort=False):
+        pick = every[every["may_pick"] == True]  # noqa: E712  (a pandas mask)
+        default = every[every["default"] == True]  # noqa: E712
+        row = {"op": op, "kernel": kernel, "dtype": dtype,
+               "configs": f"{pick['cfg'].nunique()}/{every['cfg'].nunique()}",
+               "default": default["config"].iloc[0] if len(default) else "-"}
+        for name, g in (("def", default), ("pick", pick)):
+            row.update({f"{name}_{k}": v for k, v in (_worst(g) if len(g) else {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
+
+
+def markdown(frame) -> str:
+    """A frame as a Markdown table (what the README shows; no dependency on tabulate)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 _COST = {("attention", "fp32"): 10, ("attention", "bf16"): 3, ("mlp", "fp32"): 2, ("moe", "fp32"): 2}  # rough
@@ -133,8 +153,9 @@ def main(argv=None) -> int:
     if not args.quiet:
         with pd.option_context("display.width", 250, "display.max_colwidth", 60):
             print(table(df).to_string(index=False))
-            print("\nDefault configs, bf16 (worst over the shapes and variants where the tuner may pick them):")
-            print(summary(df).to_string(index=False))
+            print("\nPer kernel: its default config (def_*) and every config the tuner may pick (pick_*), over the "
+                  "shapes and variants where the prune rule keeps them:")
+            print(markdown(summary(df)) if args.markdown else summary(df).to_string(index=False))
     import triton
 
     print(f"\n{len(df)} rows, {df['error'].astype(bool).sum()} with errors; {args.arch}, triton {triton.__version__}, "
