@@ -26,7 +26,7 @@ import triton
 
 from ... import _runtime as rt
 from ...common.precision import dot_precision
-from .kernel import ACTIVATIONS, DB_ROWS, col_sum, gemm
+from .kernel import ACTIVATIONS, DB_ROWS, col_sum, gemm, tma_fits
 
 
 def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias=None):
@@ -42,7 +42,8 @@ def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias
         m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), hh.stride(0), hh.stride(1),
         HAS_BIAS=bias is not None, ACT=act, STORE_PRE=store_pre, DACT=dact, BIAS_GRAD=dbias is not None,
-        PRECISION=dot_precision(a.dtype),
+        PRECISION=dot_precision(a.dtype), A_T=a.stride(1) != 1, B_T=b.stride(1) != 1,
+        TMA_FITS=tma_fits(a, b, c, hh),
     )
     return c
 

@@ -37,19 +37,42 @@ import triton
 import triton.language as tl
 
 from ... import _runtime as rt
+from ...common.operand_tma import operand_descriptor, operand_tile
 from ...common.tiling import grouped_tile
 
 ACTIVATIONS = {"relu": 1, "relu2": 2, "gelu_tanh": 3}  # the ACT/DACT codes; 0: none (the down-projection)
 DB_ROWS = 32  # the db_in partial sums are per 32-row band of dh (every BLOCK_M is a multiple)
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), H100 choices: the big 128x256 tile for prefill-sized
-# GEMMs (Persimmon-8B's up-projection), two 128-row tiles and a 64-row one for mid sizes and skinny
-# outputs, and a 32x64 tile for a few tokens (decode). Shared memory (16-bit): 144, 128, 96, 96, 24 KB.
-# EPI_SPLIT: the 256-wide tile finishes its epilogue in two halves (see gemm).
-GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EPI_SPLIT": n >= 256},
-                              num_stages=s, num_warps=w)
-                for m, n, k, s, w in [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 4),
-                                      (64, 128, 64, 4, 4), (32, 64, 32, 4, 4)]]
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), H100 choices: the big 128x256 tile for prefill-sized
+# GEMMs (Persimmon-8B's up-projection), two 128-row tiles and a 64-row one for mid sizes and skinny outputs, and
+# a 32x64 tile for a few tokens (decode). Shared memory (16-bit): 144, 128, 96, 96, 24 KB.
+GEMM_TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (32, 64, 32, 4, 4)]
+# Each tile with pointer loads (cp.async) and with TMA loads (descriptors; kept only where the operands allow,
+# see tma_fits). EPI_SPLIT: the 256-wide tile finishes its epilogue in two halves (see gemm).
+GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EPI_SPLIT": n >= 256,
+                               "TMA": tma}, num_stages=s, num_warps=w)
+                for m, n, k, s, w in GEMM_TILES for tma in (False, True)]
+
+
+def _stored(t):
+    """A 2-D operand as stored: itself, or the row-major array it is the transpose of (unit stride along dim 0)."""
+    return t if t.stride(1) == 1 else t.t()
+
+
+def tma_fits(a, b, c, h) -> bool:
+    """Whether a gemm call may move its tiles by TMA: A and B as stored (``_stored``), the output C and H (the
+    pre-activation, or C again when there is none) row-major, all as ``rt.tma_ok`` demands, and K > 0. fp32 only
+    with untransposed A and B: the FMA dot (input_precision "ieee") reads a transposed descriptor tile through
+    registers, and ptxas spills 8-22 KB a thread on it (the report), where the pointer path spills nothing."""
+    transposed = a.stride(1) != 1 or b.stride(1) != 1
+    return (a.shape[1] > 0 and c.stride(1) == 1 and h.stride(1) == 1 and not (a.element_size() == 4 and transposed)
+            and rt.tma_ok(_stored(a), _stored(b), c, h))
+
+
+def _prune(configs, named):
+    """TMA configs only where the operands fit descriptors (configs are data; this is the rule)."""
+    fits = tma_fits(named["A"], named["B"], named["C"], named["H"])
+    return [c for c in configs if fits or not c.kwargs["TMA"]]
 
 
 @triton.jit
@@ -86,8 +109,8 @@ def _activation_grad(h, ACT: tl.constexpr):
     return out
 
 
-@rt.autotune(GEMM_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "ACT", "STORE_PRE", "DACT", "BIAS_GRAD"],
-             default={"BLOCK_M": 128, "BLOCK_N": 256})
+@rt.autotune(GEMM_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "ACT", "STORE_PRE", "DACT", "BIAS_GRAD", "A_T", "B_T",
+                              "TMA_FITS"], default={"BLOCK_M": 128, "BLOCK_N": 256, "TMA": True}, prune=_prune)
 @triton.jit
 def gemm(
     A, B, C, Bias, H, DBias,
@@ -99,48 +122,78 @@ def gemm(
     DACT: tl.constexpr,  # C *= act'(H), act by DACT's code (backward)
     BIAS_GRAD: tl.constexpr,  # column sums of C per 32-row band into DBias (backward)
     PRECISION: tl.constexpr,  # tl.dot's input_precision; "ieee" (fp32 inputs) also takes half-depth K steps
-    EPI_SPLIT: tl.constexpr,  # finish the tile in two column halves (config choice: wide tiles)
+    A_T: tl.constexpr,  # A is the transpose of a row-major (K, M) array (s_am == 1: dh.T, dy.T)
+    B_T: tl.constexpr,  # B is the transpose of a row-major (N, K) array (s_bk == 1: w_in.T, w_out.T)
+    TMA_FITS: tl.constexpr,  # the operands fit TMA descriptors (tma_fits): a TMA config may use them
+    TMA: tl.constexpr,  # config: load A and B tiles by TMA and store C (and H) through descriptors
+    EPI_SPLIT: tl.constexpr,  # config: finish the tile in two column halves (wide tiles)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # ---- which tile: grouped ordering (a wave of programs touches GROUP_M rows of A and few columns of B).
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-
-    # ---- the K loop. Rows/columns past the edge wrap around (their results are never stored).
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
     BK: tl.constexpr = BLOCK_K // 2 if PRECISION == "ieee" else BLOCK_K
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BK)
-    a_ptrs = A + ((offs_m % M).to(tl.int64)[:, None] * s_am + offs_k[None, :] * s_ak)
-    b_ptrs = B + (offs_k[:, None] * s_bk + (offs_n % N).to(tl.int64)[None, :] * s_bn)
+    EPI_N: tl.constexpr = BLOCK_N // 2 if EPI_SPLIT else BLOCK_N  # the epilogue's tile width
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS  # this call moves its tiles through TMA descriptors
+
+    # ---- the K loop, accumulating in fp32.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BK)):
-        k_left = K - k * BK
-        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BK * s_ak
-        b_ptrs += BK * s_bk
+    if DESCRIBED:
+        # Hopper: the copy engine brings each (BLOCK_M, BK) / (BK, BLOCK_N) box to shared memory (the pipeliner
+        # keeps num_stages in flight); boxes past the edges arrive zero-filled, so no masks and no pointer tiles
+        # live in registers. A transposed operand is described on its real layout (kernels.common.operand_tma).
+        a_desc = operand_descriptor(A, M, K, s_am, s_ak, BLOCK_M, BK, A_T)
+        b_desc = operand_descriptor(B, K, N, s_bk, s_bn, BK, BLOCK_N, B_T)
+        for k in range(0, tl.cdiv(K, BK)):
+            a = operand_tile(a_desc, m0, k * BK, A_T)
+            b = operand_tile(b_desc, k * BK, n0, B_T)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        c_out = tl.make_tensor_descriptor(C, shape=[M, N], strides=[s_cm, 1], block_shape=[BLOCK_M, EPI_N])
+        if STORE_PRE or DACT != 0:
+            h_io = tl.make_tensor_descriptor(H, shape=[M, N], strides=[s_hm, 1], block_shape=[BLOCK_M, EPI_N])
+        else:
+            h_io = H
+    else:
+        # Pointers (any strides, any GPU; cp.async-pipelined). Rows/columns past the edge wrap around (their
+        # results are never stored), so the loads need only the K mask.
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BK)
+        a_ptrs = A + ((offs_m % M).to(tl.int64)[:, None] * s_am + offs_k[None, :] * s_ak)
+        b_ptrs = B + (offs_k[:, None] * s_bk + (offs_n % N).to(tl.int64)[None, :] * s_bn)
+        for k in range(0, tl.cdiv(K, BK)):
+            k_left = K - k * BK
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BK * s_ak
+            b_ptrs += BK * s_bk
+        c_out = C
+        h_io = H
 
     # ---- the epilogue, on the fp32 tile in registers. A 256-wide tile is finished in two 128-wide halves, so
     # the epilogue's temporaries (h tile, activation) fit beside the accumulator without spilling.
     if EPI_SPLIT:
-        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1))
         acc0, acc1 = tl.split(halves)
-        offs_n0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-        _epilogue(acc0, pid_m, offs_m, offs_n0, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
-        _epilogue(acc1, pid_m, offs_m, offs_n0 + BLOCK_N // 2, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+        _epilogue(acc0, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, EPI_N)
+        _epilogue(acc1, pid_m, m0, n0 + EPI_N, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, EPI_N)
     else:
-        _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+        _epilogue(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, EPI_N)
 
 
 @triton.jit
-def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+def _epilogue(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, DACT: tl.constexpr,
-              BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Finish the (BLOCK_M, width) fp32 tile ``acc`` of C at rows offs_m, columns offs_n; see gemm's flags."""
+              BIAS_GRAD: tl.constexpr, DESCRIBED: tl.constexpr, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """Finish the (BLOCK_M, WIDTH) fp32 tile ``acc`` of C at (m0, n0); see gemm's flags. ``c_out`` and ``h_io``
+    are C's and H's descriptors when DESCRIBED (stores clipped at the edges by the copy engine), else pointers."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, WIDTH)
     m_ok = offs_m < M
     n_ok = offs_n < N
     mask = m_ok[:, None] & n_ok[None, :]
@@ -148,11 +201,18 @@ def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if STORE_PRE:
-        tl.store(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, acc.to(H.dtype.element_ty), mask=mask)
+        if DESCRIBED:
+            h_io.store([m0, n0], acc.to(C.dtype.element_ty))  # H has C's dtype (the inputs')
+        else:
+            tl.store(h_io + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, acc.to(h_io.dtype.element_ty),
+                     mask=mask)
     if ACT != 0:
         acc = _activation(acc, ACT)
     if DACT != 0:
-        h = tl.load(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, mask=mask, other=0.0)
+        if DESCRIBED:
+            h = h_io.load([m0, n0])
+        else:
+            h = tl.load(h_io + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, mask=mask, other=0.0)
         acc = acc * _activation_grad(h.to(tl.float32), DACT)
     if BIAS_GRAD:
         # The bias gradient is the column sum of this very tile. DBias has one row per 32-row band of C; this
@@ -164,7 +224,10 @@ def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s
         part = tl.where(tl.arange(0, RATIO)[:, None] == 0, tile_sum[None, :], 0.0)
         tl.store(DBias + band.to(tl.int64)[:, None] * N + offs_n[None, :], part,
                  mask=(band < tl.cdiv(M, 32))[:, None] & n_ok[None, :])
-    tl.store(C + offs_m64[:, None] * s_cm + offs_n[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+    if DESCRIBED:
+        c_out.store([m0, n0], acc.to(C.dtype.element_ty))
+    else:
+        tl.store(c_out + offs_m64[:, None] * s_cm + offs_n[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
 # A column sum: one (BLOCK_R, BLOCK_N) fp32 accumulator per program, walking its share of the rows. The grid
