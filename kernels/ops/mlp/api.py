@@ -37,7 +37,11 @@ def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias
     hh = h if h is not None else c
     if bias is not None:
         bias = bias.contiguous()  # the epilogue reads Bias[n] at unit stride; a (n,) copy costs nothing
-    gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
+    def grid(meta):
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        return (min(tiles, rt.num_sms()) if meta["PERSISTENT"] else tiles,)
+
+    gemm[grid](
         a, b, c, bias if bias is not None else c, hh, dbias if dbias is not None else c,
         m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), hh.stride(0), hh.stride(1),
