@@ -33,9 +33,11 @@ while they are still in L2. Two ways to feed the K loop, a config axis (``TMA``)
   fit takes the pointer path (``TMA_FITS``), so every config runs on every input.
 
 ``PERSISTENT`` (TMA configs of the two big tiles): ``min(SMs, tiles)`` programs each walk every grid-th tile, the
-tile loop flattened into the K loop so the next tile's loads overlap this one's epilogue. Warp specialization
-(``tl.range(..., warp_specialize=True)``) is not used: on sm_90 Triton 3.6 applies it only to 4-warp K loops, and
-its pass aborts on the dh epilogue (see the report notes in the commit log).
+tile loop flattened into the K loop so the next tile's loads overlap this one's epilogue (the price: the epilogue's
+staging buffers no longer share shared memory with the pipeline's: +16 to +64 KB in bf16). Warp specialization
+(``tl.range(..., warp_specialize=True)``) is not used: compiled for sm_90 by Triton 3.6 it is a no-op on the
+8-warp K loops and on the persistent tile loop; on a 4-warp 128x128 K loop it does split producer and consumer
+warpgroups (12 warps, setmaxnreg), but the pass aborts on the dh GEMM's epilogue (NVGPUWarpSpecialization).
 
 The epilogue finishes the tile in ``EPI_N``-wide column slices (``_finish``): the 256-wide tile in four, so the
 h tile and the activation's temporaries sit beside the rest of the accumulator without spilling (gelu's
