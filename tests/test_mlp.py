@@ -6,6 +6,7 @@ import torch
 
 import kernels
 from kernels import _runtime as rt
+from kernels.ops.mlp import api, kernel
 from kernels.ops.mlp.api import column_sums
 from kernels.ops.mlp.reference import mlp_reference
 from tests.checks import rel_err
@@ -121,6 +122,25 @@ def test_zero_tokens():
     grads = torch.autograd.grad(y, (x, w_in, b_in, w_out, b_out), torch.ones_like(y))
     assert grads[0].shape == (0, 8)
     assert all(not g.any() for g in grads[1:])
+
+
+@pytest.mark.parametrize("index", range(len(kernel.gemm.configs)))
+def test_every_config_where_tma_fits(index, monkeypatch):
+    """Each gemm config on a shape whose operands fit TMA descriptors (16-byte aligned rows, 67 tokens so boxes
+    overhang the edges), forward and backward in fp32 and fp16: the TMA configs take their descriptor path here
+    (the generated config test's odd widths send them down the pointer path), transposed operands included (fp16;
+    fp32 takes TMA on untransposed ones only), and the persistent ones walk several tiles per program (dw_in's
+    five 128-row tiles on the interpreter's four programs)."""
+    fits = []
+    monkeypatch.setattr(api, "tma_fits", lambda *a: fits.append(kernel.tma_fits(*a)) or fits[-1])
+    activation = sorted(kernel.ACTIVATIONS)[index % 3]
+    for dtype in (torch.float32, torch.float16):
+        fits.clear()
+        w_in, b_in, w_out, b_out = (t.to(dtype).requires_grad_(True) for t in _weights(64, 576, seed=index))
+        x = _t(67, 64, seed=index + 9).to(dtype).requires_grad_(True)
+        with kernels.force_config(kernel.gemm, index):
+            _check_against_reference(x, w_in, b_in, w_out, b_out, activation, tol=kernels.OPS["mlp"].tolerance[dtype])
+        assert fits == ([True] * 6 if dtype == torch.float16 else [False, False, True, True, False, False])
 
 
 @pytest.mark.parametrize("shape", [(300, 50), (1, 130), (45, 1)])

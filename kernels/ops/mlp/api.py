@@ -26,7 +26,7 @@ import triton
 
 from ... import _runtime as rt
 from ...common.precision import dot_precision
-from .kernel import ACTIVATIONS, DB_ROWS, col_sum, gemm
+from .kernel import ACTIVATIONS, DB_ROWS, col_sum, gemm, tma_fits
 
 
 def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias=None):
@@ -37,12 +37,18 @@ def _matmul(a, b, c, *, bias=None, act=0, h=None, store_pre=False, dact=0, dbias
     hh = h if h is not None else c
     if bias is not None:
         bias = bias.contiguous()  # the epilogue reads Bias[n] at unit stride; a (n,) copy costs nothing
-    gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
+
+    def grid(meta):  # a program per tile, or (persistent configs) at most one per SM, each walking several
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        return (min(tiles, rt.num_sms()) if meta["PERSISTENT"] else tiles,)
+
+    gemm[grid](
         a, b, c, bias if bias is not None else c, hh, dbias if dbias is not None else c,
         m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), hh.stride(0), hh.stride(1),
         HAS_BIAS=bias is not None, ACT=act, STORE_PRE=store_pre, DACT=dact, BIAS_GRAD=dbias is not None,
         PRECISION=dot_precision(a.dtype),
+        A_T=a.stride(1) != 1, B_T=b.stride(1) != 1, TMA_FITS=tma_fits(a, b, c, hh),  # see kernel.gemm
     )
     return c
 

@@ -18,11 +18,30 @@ Activations (the ``ACT``/``DACT`` codes of ``ACTIVATIONS``): relu, relu(h)^2, an
 ``0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))``, all applied to the unrounded fp32 tile.
 
 Tiling (the Triton matmul tutorial's): a program owns a ``BLOCK_M x BLOCK_N`` tile of C and walks K in
-``BLOCK_K`` steps, accumulating ``tl.dot`` in fp32. Program ids are ordered in groups of ``GROUP_M`` row-tiles
-(``kernels.common.tiling.grouped_tile``): consecutive programs share B column-tiles and A row-tiles while they
-are still in L2. A's rows and B's columns past the edge are wrapped (``% M``, ``% N``) so the inner loop loads
-need only the K mask; the epilogue's stores are masked. Pointers step by ``BLOCK_K * stride`` (64-bit), row
-offsets are int64.
+``BLOCK_K`` steps, accumulating ``tl.dot`` in fp32 (wgmma on Hopper). Tiles are numbered in groups of ``GROUP_M``
+row-tiles (``kernels.common.tiling.grouped_tile``): consecutive programs share B column-tiles and A row-tiles
+while they are still in L2. Two ways to feed the K loop, a config axis (``TMA``):
+
+* pointers (any strides, any GPU): the pipeliner turns the loads into cp.async copies, ``num_stages`` deep. A's
+  rows and B's columns past the edge are wrapped (``% M``, ``% N``) so the loads need only the K mask; the
+  epilogue's stores are masked. Row offsets are int64.
+* TMA (Hopper): device-side tensor descriptors (``kernels.common.operand_tma``) let the copy engine move whole
+  boxes to shared memory: no address or mask tiles in registers, edges zero-filled on loads and clipped on
+  stores (C and H also go out through descriptors). A transposed operand (``A_T``: dh.T, dy.T; ``B_T``: w.T) has
+  its descriptor built on its real, row-major layout and each tile transposed in shared memory (wgmma reads
+  either major order). Kept by the prune rule only where ``tma_fits``; a forced TMA config whose operands do not
+  fit takes the pointer path (``TMA_FITS``), so every config runs on every input.
+
+``PERSISTENT`` (TMA configs of the two big tiles): ``min(SMs, tiles)`` programs each walk every grid-th tile, the
+tile loop flattened into the K loop so the next tile's loads overlap this one's epilogue (the price: the epilogue's
+staging buffers no longer share shared memory with the pipeline's: +16 to +64 KB in bf16). Warp specialization
+(``tl.range(..., warp_specialize=True)``) is not used: compiled for sm_90 by Triton 3.6 it is a no-op on the
+8-warp K loops and on the persistent tile loop; on a 4-warp 128x128 K loop it does split producer and consumer
+warpgroups (12 warps, setmaxnreg), but the pass aborts on the dh GEMM's epilogue (NVGPUWarpSpecialization).
+
+The epilogue finishes the tile in ``EPI_N``-wide column slices (``_finish``): the 256-wide tile in four, so the
+h tile and the activation's temporaries sit beside the rest of the accumulator without spilling (gelu's
+derivative needs several fp32 temporaries per element).
 
 Precision. fp16/bf16 inputs use the tensor cores with an fp32 accumulator; intermediates (a, h, dh) are stored in
 the input dtype, as PyTorch's own eager MLP does (ours applies act to the unrounded fp32 h, a little more accurate).
@@ -37,19 +56,53 @@ import triton
 import triton.language as tl
 
 from ... import _runtime as rt
+from ...common.operand_tma import operand_descriptor, operand_tile
 from ...common.tiling import grouped_tile
 
 ACTIVATIONS = {"relu": 1, "relu2": 2, "gelu_tanh": 3}  # the ACT/DACT codes; 0: none (the down-projection)
 DB_ROWS = 32  # the db_in partial sums are per 32-row band of dh (every BLOCK_M is a multiple)
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), H100 choices: the big 128x256 tile for prefill-sized
-# GEMMs (Persimmon-8B's up-projection), two 128-row tiles and a 64-row one for mid sizes and skinny
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, EPI_N, num_stages, num_warps), H100 choices: the big 128x256 tile for
+# prefill-sized GEMMs (Persimmon-8B's up-projection), two 128-row tiles and a 64-row one for mid sizes and skinny
 # outputs, and a 32x64 tile for a few tokens (decode). Shared memory (16-bit): 144, 128, 96, 96, 24 KB.
-# EPI_SPLIT: the 256-wide tile finishes its epilogue in two halves (see gemm).
-GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EPI_SPLIT": n >= 256},
-                              num_stages=s, num_warps=w)
-                for m, n, k, s, w in [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 4),
-                                      (64, 128, 64, 4, 4), (32, 64, 32, 4, 4)]]
+GEMM_TILES = [(128, 256, 64, 64, 3, 8), (128, 128, 64, 128, 4, 8), (128, 64, 64, 64, 4, 4), (64, 128, 64, 128, 4, 4),
+              (32, 64, 32, 64, 4, 4)]
+# Each tile fed by pointers and by TMA; the tiles of 128 x 128 and more also by TMA with persistent programs.
+GEMM_FEEDS = [(False, False), (True, False), (True, True)]  # (TMA, PERSISTENT)
+GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EPI_N": e, "TMA": tma,
+                               "PERSISTENT": persistent}, num_stages=s, num_warps=w)
+                for m, n, k, e, s, w in GEMM_TILES for tma, persistent in GEMM_FEEDS
+                if not persistent or m * n >= 128 * 128]
+
+
+def _stored(t):
+    """A 2-D operand as stored: itself, or the row-major array it is the transpose of (unit stride along dim 0)."""
+    return t if t.stride(1) == 1 else t.t()
+
+
+def tma_fits(a, b, c, h) -> bool:
+    """Whether a gemm call may move its tiles by TMA: A and B as stored (``_stored``), the output C and H (the
+    pre-activation, or C again when there is none) row-major, all as ``rt.tma_ok`` demands, and K > 0. fp32 only
+    with untransposed A and B: the FMA dot (input_precision "ieee") reads a transposed descriptor tile through
+    registers, and ptxas spills 8-22 KB a thread on it (the report), where the pointer path spills nothing."""
+    transposed = a.stride(1) != 1 or b.stride(1) != 1
+    return (a.shape[1] > 0 and c.stride(1) == 1 and h.stride(1) == 1 and not (a.element_size() == 4 and transposed)
+            and rt.tma_ok(_stored(a), _stored(b), c, h))
+
+
+# fp32 inputs (input_precision "ieee") run the dot on CUDA cores: each thread holds BLOCK_M * BLOCK_N / (32 *
+# num_warps) fp32 accumulators plus its operand fragments in registers, and past 64 of them ptxas spills (the
+# 128x256 tile: 128, 132-364 bytes of spills in the report).
+FP32_ACCUMULATORS_PER_THREAD = 64
+
+
+def _prune(configs, named):
+    """The rule over the configs (data): TMA configs only where the operands fit descriptors; in fp32 only the
+    tiles whose accumulators fit a thread's registers."""
+    fits = tma_fits(named["A"], named["B"], named["C"], named["H"])
+    fp32 = named["A"].element_size() == 4
+    return [c for c in configs if (fits or not c.kwargs["TMA"]) and not (
+        fp32 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > FP32_ACCUMULATORS_PER_THREAD * 32 * c.num_warps)]
 
 
 @triton.jit
@@ -86,8 +139,11 @@ def _activation_grad(h, ACT: tl.constexpr):
     return out
 
 
-@rt.autotune(GEMM_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "ACT", "STORE_PRE", "DACT", "BIAS_GRAD"],
-             default={"BLOCK_M": 128, "BLOCK_N": 256})
+
+
+@rt.autotune(GEMM_CONFIGS, key=["M", "N", "K", "HAS_BIAS", "ACT", "STORE_PRE", "DACT", "BIAS_GRAD", "A_T", "B_T",
+                              "TMA_FITS"], default={"BLOCK_M": 128, "BLOCK_N": 256, "TMA": True, "PERSISTENT": False},
+             prune=_prune)
 @triton.jit
 def gemm(
     A, B, C, Bias, H, DBias,
@@ -99,48 +155,103 @@ def gemm(
     DACT: tl.constexpr,  # C *= act'(H), act by DACT's code (backward)
     BIAS_GRAD: tl.constexpr,  # column sums of C per 32-row band into DBias (backward)
     PRECISION: tl.constexpr,  # tl.dot's input_precision; "ieee" (fp32 inputs) also takes half-depth K steps
-    EPI_SPLIT: tl.constexpr,  # finish the tile in two column halves (config choice: wide tiles)
+    A_T: tl.constexpr,  # A is the transpose of a row-major (K, M) array (s_am == 1: dh.T, dy.T)
+    B_T: tl.constexpr,  # B is the transpose of a row-major (N, K) array (s_bk == 1: w_in.T, w_out.T)
+    TMA_FITS: tl.constexpr,  # the operands fit TMA descriptors (tma_fits): a TMA config may use them
+    TMA: tl.constexpr,  # config: A and B tiles in by TMA, C (and H) tiles out through descriptors
+    PERSISTENT: tl.constexpr,  # config: a program per SM walks the tiles (the grid is min(SMs, tiles))
+    EPI_N: tl.constexpr,  # config: the epilogue's column slice (BLOCK_N, or a half or quarter of it)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # ---- which tile: grouped ordering (a wave of programs touches GROUP_M rows of A and few columns of B).
-    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-
-    # ---- the K loop. Rows/columns past the edge wrap around (their results are never stored).
     BK: tl.constexpr = BLOCK_K // 2 if PRECISION == "ieee" else BLOCK_K
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BK)
-    a_ptrs = A + ((offs_m % M).to(tl.int64)[:, None] * s_am + offs_k[None, :] * s_ak)
-    b_ptrs = B + (offs_k[:, None] * s_bk + (offs_n % N).to(tl.int64)[None, :] * s_bn)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BK)):
-        k_left = K - k * BK
-        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BK * s_ak
-        b_ptrs += BK * s_bk
-
-    # ---- the epilogue, on the fp32 tile in registers. A 256-wide tile is finished in two 128-wide halves, so
-    # the epilogue's temporaries (h tile, activation) fit beside the accumulator without spilling.
-    if EPI_SPLIT:
-        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
-        acc0, acc1 = tl.split(halves)
-        offs_n0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-        _epilogue(acc0, pid_m, offs_m, offs_n0, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
-        _epilogue(acc1, pid_m, offs_m, offs_n0 + BLOCK_N // 2, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS  # this call moves its tiles through TMA descriptors
+    if DESCRIBED:
+        a_src = operand_descriptor(A, M, K, s_am, s_ak, BLOCK_M, BK, A_T)
+        b_src = operand_descriptor(B, K, N, s_bk, s_bn, BK, BLOCK_N, B_T)
+        c_out = tl.make_tensor_descriptor(C, shape=[M, N], strides=[s_cm, 1], block_shape=[BLOCK_M, EPI_N])
+        if STORE_PRE or DACT != 0:
+            h_io = tl.make_tensor_descriptor(H, shape=[M, N], strides=[s_hm, 1], block_shape=[BLOCK_M, EPI_N])
+        else:
+            h_io = H
     else:
-        _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
-                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, BLOCK_M)
+        a_src, b_src, c_out, h_io = A, B, C, H
+
+    # Which tiles: this program's, or (persistent) every num_programs-th from it, the tile loop flattened with
+    # the K loop so that the next tile's first loads are in flight while this one's epilogue runs.
+    if PERSISTENT:
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), tl.num_programs(0),
+                             flatten=True):
+            _tile(tile, a_src, b_src, c_out, h_io, C, Bias, DBias, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+                  s_hm, s_hn, HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, PRECISION, A_T, B_T, DESCRIBED,
+                  BLOCK_M, BLOCK_N, BK, EPI_N, GROUP_M)
+    else:
+        _tile(tl.program_id(0), a_src, b_src, c_out, h_io, C, Bias, DBias, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm,
+              s_cn, s_hm, s_hn, HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, PRECISION, A_T, B_T, DESCRIBED,
+              BLOCK_M, BLOCK_N, BK, EPI_N, GROUP_M)
 
 
 @triton.jit
-def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s_hm, s_hn,
+def _tile(tile, a_src, b_src, c_out, h_io, C, Bias, DBias, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_hm, s_hn,
+          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, DACT: tl.constexpr,
+          BIAS_GRAD: tl.constexpr, PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
+          DESCRIBED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr,
+          EPI_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile number ``tile`` of C (grouped ordering): the K loop, then the epilogue."""
+    pid_m, pid_n = grouped_tile(tile, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if DESCRIBED:
+        for k in range(0, tl.cdiv(K, BK)):
+            a = operand_tile(a_src, m0, k * BK, A_T)
+            b = operand_tile(b_src, k * BK, n0, B_T)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        # Rows/columns past the edge wrap around (their results are never stored): the loads need only the K mask.
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BK)
+        a_ptrs = a_src + ((offs_m % M).to(tl.int64)[:, None] * s_am + offs_k[None, :] * s_ak)
+        b_ptrs = b_src + (offs_k[:, None] * s_bk + (offs_n % N).to(tl.int64)[None, :] * s_bn)
+        for k in range(0, tl.cdiv(K, BK)):
+            k_left = K - k * BK
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BK * s_ak
+            b_ptrs += BK * s_bk
+    _finish(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn, HAS_BIAS, ACT, STORE_PRE,
+            DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, BLOCK_N, EPI_N)
+
+
+@triton.jit
+def _finish(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+            HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, DACT: tl.constexpr,
+            BIAS_GRAD: tl.constexpr, DESCRIBED: tl.constexpr, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr,
+            EPI_N: tl.constexpr):
+    """The epilogue of the (BLOCK_M, WIDTH) fp32 tile ``acc`` at (m0, n0), in EPI_N-wide column slices: the tile
+    is halved (a register relabelling of the wgmma accumulator) until the slices are EPI_N wide, and each slice
+    is finished while the others wait, so the epilogue's temporaries cover one slice, not the whole tile."""
+    if WIDTH == EPI_N:
+        _epilogue(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                  HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, WIDTH)
+    else:
+        HALF: tl.constexpr = WIDTH // 2
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+        _finish(left, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, HALF, EPI_N)
+        _finish(right, pid_m, m0, n0 + HALF, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
+                HAS_BIAS, ACT, STORE_PRE, DACT, BIAS_GRAD, DESCRIBED, BLOCK_M, HALF, EPI_N)
+
+
+@triton.jit
+def _epilogue(acc, pid_m, m0, n0, M, N, C, c_out, Bias, h_io, DBias, s_cm, s_cn, s_hm, s_hn,
               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, DACT: tl.constexpr,
-              BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Finish the (BLOCK_M, width) fp32 tile ``acc`` of C at rows offs_m, columns offs_n; see gemm's flags."""
+              BIAS_GRAD: tl.constexpr, DESCRIBED: tl.constexpr, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """Finish the (BLOCK_M, WIDTH) fp32 tile ``acc`` of C at (m0, n0); see gemm's flags. ``c_out`` and ``h_io``
+    are C's and H's descriptors when DESCRIBED (stores clipped at the edges by the copy engine), else pointers."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, WIDTH)
     m_ok = offs_m < M
     n_ok = offs_n < N
     mask = m_ok[:, None] & n_ok[None, :]
@@ -148,11 +259,18 @@ def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if STORE_PRE:
-        tl.store(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, acc.to(H.dtype.element_ty), mask=mask)
+        if DESCRIBED:
+            h_io.store([m0, n0], acc.to(C.dtype.element_ty))  # H has C's dtype (the inputs')
+        else:
+            tl.store(h_io + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, acc.to(h_io.dtype.element_ty),
+                     mask=mask)
     if ACT != 0:
         acc = _activation(acc, ACT)
     if DACT != 0:
-        h = tl.load(H + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, mask=mask, other=0.0)
+        if DESCRIBED:
+            h = h_io.load([m0, n0])
+        else:
+            h = tl.load(h_io + offs_m64[:, None] * s_hm + offs_n[None, :] * s_hn, mask=mask, other=0.0)
         acc = acc * _activation_grad(h.to(tl.float32), DACT)
     if BIAS_GRAD:
         # The bias gradient is the column sum of this very tile. DBias has one row per 32-row band of C; this
@@ -164,7 +282,10 @@ def _epilogue(acc, pid_m, offs_m, offs_n, M, N, C, Bias, H, DBias, s_cm, s_cn, s
         part = tl.where(tl.arange(0, RATIO)[:, None] == 0, tile_sum[None, :], 0.0)
         tl.store(DBias + band.to(tl.int64)[:, None] * N + offs_n[None, :], part,
                  mask=(band < tl.cdiv(M, 32))[:, None] & n_ok[None, :])
-    tl.store(C + offs_m64[:, None] * s_cm + offs_n[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+    if DESCRIBED:
+        c_out.store([m0, n0], acc.to(C.dtype.element_ty))
+    else:
+        tl.store(c_out + offs_m64[:, None] * s_cm + offs_n[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
 # A column sum: one (BLOCK_R, BLOCK_N) fp32 accumulator per program, walking its share of the rows. The grid
