@@ -32,32 +32,33 @@ def block_n(n: int) -> int:
     """The column tile of an n-wide row (the launch's BLOCK_N)."""
     return min(triton.next_power_of_2(n), MAX_FUSED_N)
 
+
 # Registers decide the tiling: the row tile lives in them, and a spill would send it through local memory.
 # A thread holds ``BLOCK_M * BLOCK_N / threads`` values of every (BLOCK_M, BLOCK_N) fp32 tile and
-# ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions:
-#   forward:  the centred x tile; weight and bias                       (1 tile, 2 vectors)
-#   backward: xhat and dy tiles; weight, dweight and dbias partials     (2 tiles, 3 vectors; g = dy * weight
-#             is formed again for dx rather than kept)
-# Budget: VALUES_PER_THREAD, and at most 5/8 of the registers a thread of that many warps may have (65536 an
-# SM; ptxas needs the rest for addresses, masks and row statistics). At or under it the report
-# (``python -m kernels.report layer_norm rms_norm``) shows no spill at the sweep's widths, bf16 and fp32.
-FWD_LIVE, BWD_LIVE = (1, 2), (2, 3)  # (tiles, vectors)
-VALUES_PER_THREAD = 112
+# ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions, and the budget:
+#   forward:  the centred x tile; weight and bias                  1 tile, 2 vectors, <= 64 values: the grid
+#             asks for 4 programs an SM, and a tile that fills more than half an SM's registers would idle them
+#   backward: xhat and dy tiles; weight, dweight, dbias partials   2 tiles, 3 vectors, <= 112 values: one
+#             program an SM, so only the register file bounds it (g = dy * weight is formed again for dx, not
+#             kept)
+# and, either way, at most 5/8 of the registers a thread of that many warps may have (65536 an SM; ptxas needs
+# the rest for addresses, masks and row statistics). Within them the report (``python -m kernels.report
+# layer_norm rms_norm``) shows no spill at the sweep's widths (1024 to 8192), bf16 and fp32.
+FWD_LIVE, BWD_LIVE = (1, 2, 64), (2, 3, 112)  # (tiles, vectors, values a thread)
 
 # (BLOCK_M rows per program, warps). Wide rows want one row per program and many warps (16 warps leave 16
 # values of an 8192-wide row to a thread); narrow rows want several rows so that each thread still loads a few
-# 16-byte vectors. The forward runs a few programs per SM, the backward one (each keeps its own dweight/dbias
-# partials), so the backward's programs are the wider ones.
+# 16-byte vectors. The backward's single program an SM makes its programs the wider ones.
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (4, 4), (4, 8), (8, 8), (16, 8)]]
+               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 4), (4, 8), (8, 8), (16, 8)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8), (4, 16)]]
 
 
 def _fitting(configs, nargs, live):
-    """The rule: configs whose live values fit a thread's registers (above), and that give every thread at least
-    one 16-byte vector of the tile (more warps than that only duplicate loads)."""
-    tiles, vectors = live
+    """The rule: configs whose live values fit the budget (above), and that give every thread at least one
+    16-byte vector of the tile (more warps than that only duplicate loads)."""
+    tiles, vectors, budget = live
     # From the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
     n, elem = block_n(nargs["N"]), nargs["X"].element_size()
 
@@ -65,7 +66,7 @@ def _fitting(configs, nargs, live):
         return (tiles * c.kwargs["BLOCK_M"] + vectors) * n / (32 * c.num_warps)
 
     def in_budget(c):
-        return values(c) <= min(VALUES_PER_THREAD, 65536 / (32 * c.num_warps) * 5 / 8)
+        return values(c) <= min(budget, 65536 / (32 * c.num_warps) * 5 / 8)
 
     def whole_vectors(c):
         return c.kwargs["BLOCK_M"] * n * elem >= 16 * 32 * c.num_warps
@@ -83,7 +84,7 @@ def fits_bwd(configs, nargs):
     return _fitting(configs, nargs, BWD_LIVE)
 
 
-@rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 4, "num_warps": 8}, prune=fits_fwd)
+@rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 2, "num_warps": 8}, prune=fits_fwd)
 @triton.jit
 def norm_fwd(
     X, W, B, Y, Mean, Rstd,
