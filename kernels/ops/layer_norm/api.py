@@ -13,16 +13,12 @@ import torch
 import triton
 
 from ... import _runtime as rt
-from .kernel import MAX_FUSED_N, norm_bwd, norm_fwd
+from .kernel import block_n, norm_bwd, norm_fwd
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (rows, N), a view whenever the strides allow (any last-dim stride is fine)."""
     return t.reshape(-1, t.shape[-1])
-
-
-def _block_n(n: int) -> int:
-    return min(triton.next_power_of_2(n), MAX_FUSED_N)
 
 
 _PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory latency
@@ -38,11 +34,11 @@ class _Norm(torch.autograd.Function):
         y2 = y.view(-1, n)
         mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
         rstd = rt.empty((n_rows,), torch.float32, x.device)
-        block_n = _block_n(n)
+        tile_n = block_n(n)
         norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
             x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
             n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
-            HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=block_n, SINGLE_TILE=block_n >= n,
+            HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=tile_n, SINGLE_TILE=tile_n >= n,
         )
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.rms = rms
@@ -59,7 +55,7 @@ class _Norm(torch.autograd.Function):
         # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
         # path accumulates into its partial rows, which must then start at zero.
         n_progs = max(min(n_rows, rt.num_sms()), 1)
-        single_tile = _block_n(n) >= n
+        single_tile = block_n(n) >= n
         partial = rt.empty if single_tile else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype,
                                                                                           device=device))
         dw_partial = partial((n_progs, n), torch.float32, x.device) if weight is not None else rstd
@@ -68,7 +64,7 @@ class _Norm(torch.autograd.Function):
             x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
             n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
             HAS_W=weight is not None, HAS_B=bias is not None, RMS=ctx.rms, OUT_DTYPE_ROUND=ctx.rms,
-            BLOCK_N=_block_n(n), SINGLE_TILE=single_tile,
+            BLOCK_N=block_n(n), SINGLE_TILE=single_tile,
         )
         dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_partial.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None

@@ -13,10 +13,11 @@ Statistics are fp32 whatever x's dtype; per-row mean and rstd are saved for the 
 Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm), g = dy * weight:
     dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (the mean(g) term is LayerNorm's only)
     dweight = sum_rows dy * xhat,   dbias = sum_rows dy
-Both grids are persistent: a fixed number of programs (a few per SM) each walk a strided set of row tiles, so
-weight and bias are read once per program rather than once per row tile, and the backward keeps each program's
-dweight/dbias partial sums in registers, writing one partial row per program at the end; the partials are summed
-afterwards (deterministic, no atomics).
+Both grids are persistent: a fixed number of programs (a few per SM forward, one backward) each walk a strided
+set of row tiles, so weight and bias are read once per program rather than once per row tile, and the backward
+keeps each program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
+the partials are summed afterwards (deterministic, no atomics). What the registers hold, and so which tiles a
+row width allows, is set out above the configs.
 """
 
 import triton
@@ -26,17 +27,64 @@ from ... import _runtime as rt
 
 MAX_FUSED_N = 8192  # widest row kept whole in registers; wider rows loop over column tiles
 
-# (BLOCK_M rows per program, warps): one row per program for wide rows, up to 16 rows for narrow ones.
-CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in [(1, 4), (1, 8), (4, 4), (8, 8), (16, 8)]]
+
+def block_n(n: int) -> int:
+    """The column tile of an n-wide row (the launch's BLOCK_N)."""
+    return min(triton.next_power_of_2(n), MAX_FUSED_N)
 
 
-def fits(configs, nargs):
-    """The rule: keep configs whose (BLOCK_M, BLOCK_N) tile stays within 16K elements of registers."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_M"] * nargs["BLOCK_N"] <= 16384]
-    return fitting or configs[:1]
+# Registers decide the tiling: the row tile lives in them, and a spill would send it through local memory.
+# A thread holds ``BLOCK_M * BLOCK_N / threads`` values of every (BLOCK_M, BLOCK_N) fp32 tile and
+# ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions, and the budget:
+#   forward:  the centred x tile; weight and bias                  1 tile, 2 vectors, <= 64 values: the grid
+#             asks for 4 programs an SM, and a tile that fills more than half an SM's registers would idle them
+#   backward: xhat and dy tiles; weight, dweight, dbias partials   2 tiles, 3 vectors, <= 112 values: one
+#             program an SM, so only the register file bounds it (g = dy * weight is formed again for dx, not
+#             kept)
+# and, either way, at most 5/8 of the registers a thread of that many warps may have (65536 an SM; ptxas needs
+# the rest for addresses, masks and row statistics). Within them the report (``python -m kernels.report
+# layer_norm rms_norm``) shows no spill at the sweep's widths (1024 to 8192), bf16 and fp32.
+FWD_LIVE, BWD_LIVE = (1, 2, 64), (2, 3, 112)  # (tiles, vectors, values a thread)
+
+# (BLOCK_M rows per program, warps). Wide rows want one row per program and many warps (16 warps leave 16
+# values of an 8192-wide row to a thread); narrow rows want several rows so that each thread still loads a few
+# 16-byte vectors. The backward's single program an SM makes its programs the wider ones.
+FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
+               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 4), (4, 8), (8, 8), (16, 8)]]
+BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
+               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8), (4, 16)]]
 
 
-@rt.autotune(CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 16}, prune=fits)
+def _fitting(configs, nargs, live):
+    """The rule: configs whose live values fit the budget (above), and that give every thread at least one
+    16-byte vector of the tile (more warps than that only duplicate loads)."""
+    tiles, vectors, budget = live
+    # From the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
+    n, elem = block_n(nargs["N"]), nargs["X"].element_size()
+
+    def values(c):
+        return (tiles * c.kwargs["BLOCK_M"] + vectors) * n / (32 * c.num_warps)
+
+    def in_budget(c):
+        return values(c) <= min(budget, 65536 / (32 * c.num_warps) * 5 / 8)
+
+    def whole_vectors(c):
+        return c.kwargs["BLOCK_M"] * n * elem >= 16 * 32 * c.num_warps
+
+    fitting = [c for c in configs if in_budget(c)]
+    # Narrow rows (a few dozen columns) leave threads idle under every config: then any config in the budget.
+    return [c for c in fitting if whole_vectors(c)] or fitting or [min(configs, key=values)]
+
+
+def fits_fwd(configs, nargs):
+    return _fitting(configs, nargs, FWD_LIVE)
+
+
+def fits_bwd(configs, nargs):
+    return _fitting(configs, nargs, BWD_LIVE)
+
+
+@rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 2, "num_warps": 8}, prune=fits_fwd)
 @triton.jit
 def norm_fwd(
     X, W, B, Y, Mean, Rstd,
@@ -137,7 +185,7 @@ def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, str
         tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
 
 
-@rt.autotune(CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 16}, prune=fits)
+@rt.autotune(BWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 1, "num_warps": 16}, prune=fits_bwd)
 @triton.jit
 def norm_bwd(
     X, W, DY, DX, Mean, Rstd, DW_partial, DB_partial,
@@ -167,12 +215,12 @@ def norm_bwd(
             pivot = tl.load(X + rows64 * stride_xm, mask=row_ok, other=0.0).to(tl.float32)
             mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
         if SINGLE_TILE:  # the row tile is loaded once and kept in registers for both the sums and dx
-            xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols0, pivot, mean, rstd, N, stride_xm,
-                                            stride_xn, stride_dym, stride_dyn, HAS_W, True)
-            c1 = tl.sum(g * xhat, axis=1) / N
-            c2 = tl.sum(g, axis=1) / N
-            dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols0, col_ok, stride_dxm, stride_dxn,
-                             RMS, OUT_DTYPE_ROUND)
+            xhat, dy, w_row, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols0, pivot, mean, rstd, N, stride_xm,
+                                                stride_xn, stride_dym, stride_dyn, HAS_W, True)
+            c1 = tl.sum(dy * w_row * xhat, axis=1) / N
+            c2 = tl.sum(dy * w_row, axis=1) / N
+            dw, db = _bwd_dx(DX, xhat, dy, w_row, c1, c2, rstd, rows64, row_ok, cols0, col_ok, stride_dxm,
+                             stride_dxn, RMS, OUT_DTYPE_ROUND)
             dw_acc += dw
             db_acc += db
         else:
@@ -180,18 +228,18 @@ def norm_bwd(
             sum_gx = tl.zeros([BLOCK_M], dtype=tl.float32)
             sum_g = tl.zeros([BLOCK_M], dtype=tl.float32)
             for start in range(0, N, BLOCK_N):
-                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, start + cols0, pivot, mean, rstd, N,
-                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
-                sum_gx += tl.sum(g * xhat, axis=1)
-                sum_g += tl.sum(g, axis=1)
+                xhat, dy, w_row, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, start + cols0, pivot, mean, rstd,
+                                                    N, stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
+                sum_gx += tl.sum(dy * w_row * xhat, axis=1)
+                sum_g += tl.sum(dy * w_row, axis=1)
             c1 = sum_gx / N
             c2 = sum_g / N
             # pass 2: dx, and the weight/bias partials, accumulated in this program's own partial rows
             for start in range(0, N, BLOCK_N):
                 cols = start + cols0
-                xhat, dy, g, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols, pivot, mean, rstd, N,
-                                                stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
-                dw, db = _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm,
+                xhat, dy, w_row, col_ok = _bwd_tile(X, DY, W, w, rows64, row_ok, cols, pivot, mean, rstd, N,
+                                                    stride_xm, stride_xn, stride_dym, stride_dyn, HAS_W, False)
+                dw, db = _bwd_dx(DX, xhat, dy, w_row, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm,
                                  stride_dxn, RMS, OUT_DTYPE_ROUND)
                 if HAS_W:
                     p = DW_partial + pid * N + cols
@@ -209,30 +257,28 @@ def norm_bwd(
 @triton.jit
 def _bwd_tile(X, DY, W, w, rows64, row_ok, cols, pivot, mean, rstd, N, stride_xm, stride_xn, stride_dym, stride_dyn,
               HAS_W: tl.constexpr, W_LOADED: tl.constexpr):
-    """One (rows, cols) tile of the backward's inputs: xhat, dy and g = dy * weight in fp32 (zero off the edge);
-    ``w`` is the weight already in registers when W_LOADED, else it is loaded for these columns."""
+    """One (rows, cols) tile of the backward's inputs: xhat and dy in fp32 (zero off the edge), and the weight of
+    these columns as a (1, cols) row (ones without a weight): ``w`` when it is already in registers (W_LOADED),
+    else loaded here. g = dy * weight is left to the caller, so that no g tile outlives the row sums."""
     col_ok = cols < N
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(X + rows64[:, None] * stride_xm + cols[None, :] * stride_xn, mask=mask, other=0.0)
     dy = tl.load(DY + rows64[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
     xhat = tl.where(mask, ((x.to(tl.float32) - pivot[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
-    dy = dy.to(tl.float32)
-    g = dy
-    if HAS_W:
-        if not W_LOADED:
-            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        g = g * w[None, :]
-    return xhat, dy, g, col_ok
+    if HAS_W and not W_LOADED:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return xhat, dy.to(tl.float32), w[None, :], col_ok
 
 
 @triton.jit
-def _bwd_dx(DX, xhat, dy, g, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm, stride_dxn,
+def _bwd_dx(DX, xhat, dy, w_row, c1, c2, rstd, rows64, row_ok, cols, col_ok, stride_dxm, stride_dxn,
             RMS: tl.constexpr, OUT_DTYPE_ROUND: tl.constexpr):
-    """Store dx for one tile; return its column sums for dweight (dy * xhat) and dbias (dy)."""
+    """Store dx for one tile; return its column sums for dweight (dy * xhat) and dbias (dy). g = dy * weight is
+    formed again here, inside one fma, rather than kept from the row sums: one tile fewer in registers."""
     if RMS:
-        dx = (g - xhat * c1[:, None]) * rstd[:, None]
+        dx = tl.fma(dy, w_row, -(xhat * c1[:, None])) * rstd[:, None]
     else:
-        dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        dx = tl.fma(dy, w_row, -(xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
     tl.store(DX + rows64[:, None] * stride_dxm + cols[None, :] * stride_dxn, dx.to(DX.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
     if OUT_DTYPE_ROUND:  # RMSNorm's weight multiplies the normalised x rounded to x's dtype

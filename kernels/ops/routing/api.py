@@ -30,11 +30,7 @@ import torch
 import triton
 
 from ... import _runtime as rt
-from .kernel import MAX_EXPERTS, routing_bwd, routing_fwd
-
-
-def _block_e(n_experts: int) -> int:
-    return max(triton.next_power_of_2(n_experts), 16)
+from .kernel import MAX_EXPERTS, block_e, routing_bwd, routing_fwd
 
 
 class _Routing(torch.autograd.Function):
@@ -47,7 +43,7 @@ class _Routing(torch.autograd.Function):
             routing_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
                 z, weights, ids, n_rows, n_experts, k,
                 z.stride(0), z.stride(1), weights.stride(0), weights.stride(1), ids.stride(0), ids.stride(1),
-                NORMALIZE=normalize, BLOCK_E=_block_e(n_experts), BLOCK_K=triton.next_power_of_2(k),
+                NORMALIZE=normalize, BLOCK_E=block_e(n_experts), BLOCK_K=triton.next_power_of_2(k),
             )
         ctx.save_for_backward(z, ids)
         ctx.normalize = normalize
@@ -67,7 +63,8 @@ class _Routing(torch.autograd.Function):
                 z, ids, dw, dz, n_rows, n_experts, ids.shape[1],
                 z.stride(0), z.stride(1), ids.stride(0), ids.stride(1), dw.stride(0), dw.stride(1),
                 dz.stride(0), dz.stride(1),
-                NORMALIZE=ctx.normalize, BLOCK_E=_block_e(n_experts),
+                NORMALIZE=ctx.normalize, BLOCK_E=block_e(n_experts),
+                PICKS=min(triton.next_power_of_2(ids.shape[1]), 8),  # picks scattered per step (kernel.py)
             )
         return dz, None, None
 

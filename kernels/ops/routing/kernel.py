@@ -39,9 +39,15 @@ MAX_EXPERTS = 1024  # a whole row of logits stays in registers
 CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in [(64, 8), (32, 4), (16, 4), (4, 2)]]
 
 
+def block_e(n_experts: int) -> int:
+    """The expert tile (the launch's BLOCK_E): the next power of two, at least 16."""
+    return max(triton.next_power_of_2(n_experts), 16)
+
+
 def fits(configs, nargs):
-    """The rule: keep configs whose (BLOCK_M, BLOCK_E) row tile stays within 8K fp32 registers per program."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_M"] * nargs["BLOCK_E"] <= 8192]
+    """The rule: keep configs whose (BLOCK_M, BLOCK_E) row tile stays within 8K fp32 registers per program.
+    (BLOCK_E from the positional n_experts: Triton's autotuner hands its prune hook those, not the keywords.)"""
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] * block_e(nargs["n_experts"]) <= 8192]
     return fitting or configs[-1:]
 
 
@@ -73,7 +79,7 @@ def routing_bwd(
     Z, I, DW, DZ,
     n_rows, n_experts, k,
     stride_zm, stride_ze, stride_im, stride_ik, stride_dwm, stride_dwk, stride_dzm, stride_dze,
-    NORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr,
+    NORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, PICKS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
@@ -89,15 +95,27 @@ def routing_bwd(
     z = tl.where(undefined[:, None] & col_ok[None, :], 0.0, z)
     e = tl.exp(z - tl.where(undefined, 0.0, row_max)[:, None])
     p = tl.where(undefined[:, None], float("nan"), e / tl.sum(e, axis=1)[:, None])
-    # scatter the k weight gradients into expert space (G) and mark the selected set (sel)
+    # scatter the k weight gradients into expert space (G) and mark the selected set (sel), PICKS picks at a
+    # time: their ids and weight gradients come as (BLOCK_M, PICKS) tiles, and pick j is taken out of them by a
+    # row reduction, which leaves it laid out by row like the (BLOCK_M, BLOCK_E) tiles it meets. (Loaded pick by
+    # pick as row vectors instead, they pull the whole computation into a layout with many rows per thread, each
+    # row carrying its own pointers: 2.5x the registers.)
     G = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
     sel = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
-    for j in range(0, k):
-        ids = tl.load(I + rows64 * stride_im + j * stride_ik, mask=row_ok, other=-1)
-        g = tl.load(DW + rows64 * stride_dwm + j * stride_dwk, mask=row_ok, other=0.0).to(tl.float32)
-        hit = cols[None, :] == ids[:, None]
-        G = tl.where(hit, g[:, None], G)
-        sel = tl.where(hit, 1.0, sel)
+    slots = tl.arange(0, PICKS)
+    for k0 in range(0, k, PICKS):
+        pick_ok = row_ok[:, None] & (k0 + slots < k)[None, :]
+        ids = tl.load(I + rows64[:, None] * stride_im + (k0 + slots)[None, :] * stride_ik, mask=pick_ok, other=-1)
+        ids = ids.to(tl.int32)  # expert ids < MAX_EXPERTS; -1 off the end matches no expert
+        g = tl.load(DW + rows64[:, None] * stride_dwm + (k0 + slots)[None, :] * stride_dwk, mask=pick_ok,
+                    other=0.0).to(tl.float32)
+        for j in tl.static_range(PICKS):
+            id_j = tl.max(tl.where(slots[None, :] == j, ids, -1), axis=1)
+            g_j = tl.sum(tl.where(slots[None, :] == j, g, 0.0), axis=1)
+            hit = cols[None, :] == id_j[:, None]
+            G = tl.where(hit, g_j[:, None], G)
+            if NORMALIZE:
+                sel = tl.where(hit, 1.0, sel)
     if NORMALIZE:
         s = tl.sum(sel * p, axis=1)  # sum of the unnormalised picks: >= the top pick's p >= 1/num_experts
         s = tl.where(row_ok, s, 1.0)  # rows past the end select nothing: keep them finite (never stored)
