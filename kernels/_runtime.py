@@ -137,7 +137,7 @@ class Tuned:
         self.arg_names = list(fn.arg_names)
         self._autotuner = None
         if not INTERPRET and not COMPILE_ONLY and len(self.configs) > 1:
-            prune_by = {"early_config_prune": lambda cs, nargs, **kw: prune(cs, nargs)} if prune else None
+            prune_by = {"early_config_prune": lambda cs, nargs, **kw: prune(cs, {**nargs, **kw})} if prune else None
             self._autotuner = triton.autotune(self.configs, key=key, cache_results=True,
                                               prune_configs_by=prune_by)(fn)
 
