@@ -106,7 +106,8 @@ def moe_dispatch(expert_ids: torch.Tensor, num_experts: int, block_m: int) -> Di
         dispatch_count[(n_tiles,)](expert_ids, hist, rank, n_tokens, num_experts, top_k,
                                    expert_ids.stride(0), expert_ids.stride(1), BLOCK_T=block_t, BLOCK_E=block_e)
     dispatch_scan[(1,)](hist, prefix, counts, offsets, sorted_pairs, n_tiles, num_experts,
-                        BLOCK_M=block_m, BLOCK_B=max(8192 // block_e, 1), BLOCK_E=block_e)
+                        BLOCK_M=block_m, BLOCK_B=4096 // block_e, BLOCK_E=block_e,
+                        BLOCK_P=min(block_m, 4096 // block_e))
     if n_tiles:
         dispatch_scatter[(n_tiles,)](expert_ids, rank, prefix, offsets, sorted_pairs, pair_rows,
                                      n_tokens, num_experts, top_k, expert_ids.stride(0), expert_ids.stride(1),
@@ -174,7 +175,7 @@ def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
         x2, gate_up, h, d.sorted_pairs, d.offsets, d.counts,
         n_experts, hidden, inner, k, d.num_blocks,
         x2.stride(0), x2.stride(1), gate_up.stride(0), gate_up.stride(1), gate_up.stride(2), h.stride(0),
-        PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+        W_K_MAJOR=gate_up.stride(2) == 1, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 4. down grouped GEMM, routing weight, scatter to pair order
     y = rt.empty((n_pairs, hidden), x.dtype, x.device)
@@ -182,7 +183,7 @@ def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
         h, down, y, d.sorted_pairs, d.offsets, d.counts, top_w,
         n_experts, hidden, inner, d.num_blocks,
         h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
-        PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+        D_K_MAJOR=down.stride(2) == 1, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 5. combine
     moe_combine[lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(hidden, meta["BLOCK_H"]))](

@@ -36,9 +36,10 @@ MAX_EXPERTS = 256  # the router keeps a token's logits over all experts in one (
 # --------------------------------------------------------------------------------------------------------------
 
 # (BLOCK_M tokens, BLOCK_K of hidden, warps, stages). The B tile is (BLOCK_K, BLOCK_E <= 256): every config
-# stays under ~82 KB of shared memory in fp32 at E = 256. The default: the biggest, (64, 64).
+# stays under ~82 KB of shared memory in fp32 at E = 256. (64, 32) takes 8 warps: at 4 its fp32 (FMA) dot
+# spilled. The default: the biggest, (64, 64).
 ROUTER_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-                  for m, bk, w, s in [(16, 64, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2)]]
+                  for m, bk, w, s in [(16, 64, 4, 2), (32, 32, 4, 3), (64, 32, 8, 3), (64, 64, 8, 2)]]
 
 
 @rt.autotune(ROUTER_CONFIGS, key=["hidden", "n_experts", "top_k", "NORMALIZE"],
@@ -114,12 +115,18 @@ def dispatch_count(
         earlier += hit.to(tl.int32)
 
 
-@rt.autotune(DISPATCH_CONFIGS, key=[])
+# The scan is a single program: 8 warps, and (BLOCK_B, BLOCK_E) / (BLOCK_E, BLOCK_P) tiles of <= 4K elements
+# (the wrapper sizes them), so the integer tiles and their 64-bit addresses fit in registers (8K-element tiles
+# at 4 warps spilled).
+SCAN_CONFIGS = [triton.Config({}, num_warps=8)]
+
+
+@rt.autotune(SCAN_CONFIGS, key=[])
 @triton.jit
 def dispatch_scan(
     Hist, Prefix, Counts, Offsets, SortedPairs,
     n_tiles, n_experts,
-    BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """One program: Prefix[tile, e] = pairs of e in earlier tiles; Counts; block-padded Offsets; padding marks."""
     experts = tl.arange(0, BLOCK_E)
@@ -137,10 +144,12 @@ def dispatch_scan(
     starts = tl.cumsum(padded, axis=0) - padded
     tl.store(Offsets + experts, starts, mask=e_ok)
     tl.store(Offsets + n_experts, tl.sum(padded, axis=0))
-    # the padding rows of each expert (fewer than BLOCK_M) are marked -1
-    pad = tl.arange(0, BLOCK_M)
-    tl.store(SortedPairs + (starts + running)[:, None] + pad[None, :], tl.full([BLOCK_E, BLOCK_M], -1, tl.int32),
-             mask=e_ok[:, None] & (pad[None, :] < (padded - running)[:, None]))
+    # the padding rows of each expert (fewer than BLOCK_M) are marked -1, BLOCK_P of them per expert at a time
+    n_pad = padded - running
+    for p0 in range(0, BLOCK_M, BLOCK_P):
+        pad = p0 + tl.arange(0, BLOCK_P)
+        tl.store(SortedPairs + (starts + running)[:, None] + pad[None, :], tl.full([BLOCK_E, BLOCK_P], -1, tl.int32),
+                 mask=e_ok[:, None] & (pad[None, :] < n_pad[:, None]))
 
 
 @rt.autotune(DISPATCH_CONFIGS, key=[])
