@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kernels import _runtime as rt
-from kernels import moe
+from kernels import force_config, moe
 from kernels.ops.moe.api import _moe_forward, moe_dispatch
+from kernels.ops.moe.kernel_gemm import moe_down, moe_gate_up, tma_gate_up, tma_weights
 from kernels.ops.moe.reference import moe_grouped_mm, moe_reference
 from kernels.ops.moe.spec import _make_case
 DEV = rt.DEVICE
@@ -123,6 +124,18 @@ def _case(dtype=torch.float32, contiguous=True, seed=0, **dims):
 def test_skewed_and_degenerate_routing(dims):
     ours, kwargs, ref = _case(**dims)
     assert _rel(moe(*ours, **kwargs), ref) < 1e-5
+
+
+@pytest.mark.parametrize("kernel, index", [(k, i) for k in (moe_gate_up, moe_down) for i in range(len(k.configs))],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_a_tma_config_on_tensors_no_descriptor_fits(kernel, index):
+    """fp16 rows of 36 values (72 bytes) fit no TMA descriptor: a TMA config forced there (or cached by the tuner
+    for another call) must take the pointer path, not read misaligned boxes."""
+    ours, kwargs, ref = _case(torch.float16, hidden=36, inner=20, tokens=13, experts=6, k=3)
+    assert not rt.tma_ok(*tma_gate_up(ours[2])) and not rt.tma_ok(tma_weights(ours[3]))
+    with force_config(kernel, index):
+        out = moe(*ours, **kwargs)
+    assert _rel(out, ref) < 5e-3
 
 
 @pytest.mark.parametrize("block_m", [16, 32, 64, 128])

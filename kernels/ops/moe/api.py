@@ -49,7 +49,7 @@ from ... import _runtime as rt
 from ...common.precision import dot_precision
 from ..routing.api import check_k
 from .kernel import MAX_EXPERTS, dispatch_count, dispatch_scan, dispatch_scatter, moe_router
-from .kernel_gemm import moe_combine, moe_down, moe_gate_up
+from .kernel_gemm import tma_gate_up, tma_weights, moe_combine, moe_down, moe_gate_up
 
 
 class Dispatch(NamedTuple):
@@ -175,7 +175,8 @@ def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
         x2, gate_up, h, d.sorted_pairs, d.offsets, d.counts,
         n_experts, hidden, inner, k, d.num_blocks,
         x2.stride(0), x2.stride(1), gate_up.stride(0), gate_up.stride(1), gate_up.stride(2), h.stride(0),
-        W_K_MAJOR=gate_up.stride(2) == 1, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+        W_K_MAJOR=gate_up.stride(2) == 1, TMA_FITS=rt.tma_ok(*tma_gate_up(gate_up)), PRECISION=precision,
+        BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 4. down grouped GEMM, routing weight, scatter to pair order
     y = rt.empty((n_pairs, hidden), x.dtype, x.device)
@@ -183,7 +184,8 @@ def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
         h, down, y, d.sorted_pairs, d.offsets, d.counts, top_w,
         n_experts, hidden, inner, d.num_blocks,
         h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
-        D_K_MAJOR=down.stride(2) == 1, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+        D_K_MAJOR=down.stride(2) == 1, TMA_FITS=rt.tma_ok(h, tma_weights(down)), PRECISION=precision,
+        BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 5. combine
     moe_combine[lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(hidden, meta["BLOCK_H"]))](

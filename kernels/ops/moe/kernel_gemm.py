@@ -91,15 +91,15 @@ def _weight_tile(desc, e, n0, k0, K_MAJOR: tl.constexpr, BLOCK_N: tl.constexpr, 
         return desc.load([e, k0, n0]).reshape(BLOCK_K, BLOCK_N)
 
 
-def _tma_weights(w):
+def tma_weights(w):
     """``w: (E, n, k)`` viewed with its contiguous dim last (what a descriptor needs), for ``rt.tma_ok``."""
     return w if w.stride(2) == 1 else w.transpose(1, 2)
 
 
-def _tma_gate_up(w):
+def tma_gate_up(w):
     """The gate_up stack ``(E, 2*inner, hidden)`` for ``rt.tma_ok``: also its up half, whose boxes start at row
     ``inner``: a box's start in the contiguous dim (the transposed storage's) must be 16-byte aligned too."""
-    return [_tma_weights(w), _tma_weights(w[:, w.shape[1] // 2:])]
+    return [tma_weights(w), tma_weights(w[:, w.shape[1] // 2:])]
 
 
 def _gemm_configs(tensor_core_tiles, fma_tiles):
@@ -139,22 +139,24 @@ GATE_UP_CONFIGS, GATE_UP_FMA = _gemm_configs([(64, 32, 4, 5), (64, 64, 8, 4), (1
                                              [(32, 16, 8, 3), (32, 32, 8, 3)])
 
 
-@rt.autotune(GATE_UP_CONFIGS, key=["hidden", "inner", "BLOCK_M", "W_K_MAJOR"],
-             prune=_keeper(GATE_UP_FMA, lambda a: _tma_gate_up(a["W"])),
+@rt.autotune(GATE_UP_CONFIGS, key=["hidden", "inner", "BLOCK_M", "W_K_MAJOR", "TMA_FITS"],
+             prune=_keeper(GATE_UP_FMA, lambda a: tma_gate_up(a["W"])),
              default={"BLOCK_N": 128, "BLOCK_K": 64, "TMA": True})
 @triton.jit
 def moe_gate_up(
     X, W, H, SortedPairs, Offsets, Counts,
     n_experts, hidden, inner, top_k, n_blocks,
     stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_hm,
-    W_K_MAJOR: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
+    W_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
 ):
     row0, rows, row_ok, e, pid_n, has_work = _block_of_expert(
         tl.program_id(0), n_blocks, tl.cdiv(inner, BLOCK_N), Offsets, Counts, n_experts, BLOCK_E, BLOCK_M, GROUP_M)
     # fp32's IEEE dots run on the FMA units out of registers: a TMA box only adds a transposing trip through
-    # shared memory (7-27 KB of spills at sm_90), so fp32 loads through pointers whatever the config says.
-    USE_TMA: tl.constexpr = TMA and PRECISION != "ieee"
+    # shared memory (7-27 KB of spills at sm_90), so fp32 loads through pointers whatever the config says. So does
+    # a call whose tensors no descriptor can describe (TMA_FITS, from rt.tma_ok at launch): a TMA config the tuner
+    # cached for another call, or a test forced, stays correct.
+    USE_TMA: tl.constexpr = TMA and TMA_FITS and PRECISION != "ieee"
     # gather: row r of the block is token pair // k of x. Rows of x scattered over the tensor are no TMA box
     # (a gather-TMA is Blackwell's): the A tile always comes through pointers (cp.async where aligned).
     pair = tl.load(SortedPairs + rows, mask=row_ok, other=0)
@@ -197,23 +199,23 @@ DOWN_CONFIGS, DOWN_FMA = _gemm_configs([(128, 64, 8, 4), (256, 64, 8, 3), (128, 
                                        [(32, 32, 8, 3), (64, 32, 8, 3)])
 
 
-@rt.autotune(DOWN_CONFIGS, key=["hidden", "inner", "BLOCK_M", "D_K_MAJOR"],
-             prune=_keeper(DOWN_FMA, lambda a: [a["H"], _tma_weights(a["D"])]),
+@rt.autotune(DOWN_CONFIGS, key=["hidden", "inner", "BLOCK_M", "D_K_MAJOR", "TMA_FITS"],
+             prune=_keeper(DOWN_FMA, lambda a: [a["H"], tma_weights(a["D"])]),
              default={"BLOCK_N": 128, "BLOCK_K": 64, "TMA": True})
 @triton.jit
 def moe_down(
     H, D, Y, SortedPairs, Offsets, Counts, RouteW,
     n_experts, hidden, inner, n_blocks,
     stride_hm, stride_de, stride_dn, stride_dk, stride_ym,
-    D_K_MAJOR: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
+    D_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
 ):
     row0, rows, row_ok, e, pid_n, has_work = _block_of_expert(
         tl.program_id(0), n_blocks, tl.cdiv(hidden, BLOCK_N), Offsets, Counts, n_experts, BLOCK_E, BLOCK_M, GROUP_M)
     n0 = pid_n * BLOCK_N
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < hidden
-    USE_TMA: tl.constexpr = TMA and PRECISION != "ieee"  # fp32 (FMA dots): pointers, as in moe_gate_up
+    USE_TMA: tl.constexpr = TMA and TMA_FITS and PRECISION != "ieee"  # pointers otherwise, as in moe_gate_up
     if USE_TMA:  # the block's activation rows are one dense box of h (the sorted layout); padding rows stay masked
         h_desc = tl.make_tensor_descriptor(H, shape=[n_blocks * BLOCK_M, inner], strides=[stride_hm, 1],
                                            block_shape=[BLOCK_M, BLOCK_K])
