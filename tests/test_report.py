@@ -153,7 +153,7 @@ def test_rows_for_every_kernel_of_a_small_op(routing_report):
             for dtype in ("bf16", "fp32"):
                 for shape in shapes:
                     rows = routing_report[(routing_report.kernel == tuned.name) & (routing_report.cfg == index)
-                                          & (routing_report.dtype == dtype) & (routing_report.shape == shape)]
+                                          & (routing_report.dtype == dtype) & (routing_report["shape"] == shape)]
                     assert len(rows) >= 1, (tuned.name, index, dtype, shape)
                     assert (rows.error.isna() & (rows.regs > 0) & (rows.sass > 0)).all(), rows.to_dict("records")
     assert routing_report.default.sum() == 2 * len(shapes) * len(op_kernels(spec))
