@@ -1,6 +1,6 @@
 """The static sm_90 report: what every kernel of every op compiles to on an H100, under every config.
 
-    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]
+    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32]
 
 No GPU needed: each op's public function runs in compile-only mode (``compile_only.py``, shared with
 ``tests/compile_check.py``) at the GPU sweep's shapes (``shapes.py``), every launch compiles down to a cubin, and

@@ -1,4 +1,4 @@
-"""``python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]``
+"""``python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32]``
 
 Compiles every kernel of the ops under every config at the GPU sweep's shapes, prints the table and writes the
 CSV (columns: ``kernels/report/__init__.py``). Re-executes itself in compile-only mode when needed.
@@ -23,7 +23,6 @@ def _parse(argv):
     p.add_argument("--arch", default="sm_90", help="target (default sm_90; the occupancy model is an H100's)")
     p.add_argument("--out", default="report.csv", help="CSV path (default report.csv; '-' for none)")
     p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
-    p.add_argument("--peers", action="store_true", help="also peer projects' kernels (kernels/report/peers.py)")
     p.add_argument("--quiet", action="store_true", help="no table on stdout (the CSV only)")
     p.add_argument("--markdown", action="store_true", help="print the per-kernel summary as a Markdown table")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
     import kernels
     import pandas as pd
 
-    from . import collect, peers, sass
+    from . import collect, sass
 
     names = list(kernels.OPS) if "all" in args.ops else args.ops
     unknown = [n for n in names if n not in kernels.OPS]
@@ -145,8 +144,6 @@ def main(argv=None) -> int:
         done = {j: collect.compile_job((*j, _PLANS[j[:2]]), real_driver) for j in jobs}
     rows = [r for (n, d), p in _PLANS.items()
             for r in collect.finish(kernels.OPS[n], p, [r for j in jobs if j[:2] == (n, d) for r in done[j]])]
-    if args.peers:
-        rows += peers.peer_rows(names, args.dtype, lambda k: sass.analyse(k, from_driver=real_driver))
     df = frame(rows)
     if args.out != "-":
         df.to_csv(args.out, index=False)
