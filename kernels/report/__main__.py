@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     import kernels
     import pandas as pd
 
-    from . import collect, sass
+    from . import collect
 
     names = list(kernels.OPS) if "all" in args.ops else args.ops
     unknown = [n for n in names if n not in kernels.OPS]
