@@ -94,10 +94,11 @@ _CLASSES: dict[tuple[type, type], type] = {}
 
 def _swap(module: nn.Module, patch: type) -> None:
     """Make ``module`` an instance of ``Playground<its class>``: ``patch``'s forward over the HF class."""
-    hf_class = next(c for c in type(module).__mro__ if not c.__name__.startswith("Playground"))
+    hf_class = getattr(type(module), "hf_class", type(module))  # patched before: the class it was made from
     key = (patch, hf_class)
     if key not in _CLASSES:
-        _CLASSES[key] = type(f"Playground{hf_class.__name__}", (patch, hf_class), {"__module__": __name__})
+        _CLASSES[key] = type(f"Playground{hf_class.__name__}", (patch, hf_class),
+                             {"__module__": __name__, "hf_class": hf_class})
     module.__class__ = _CLASSES[key]
 
 
