@@ -25,13 +25,14 @@ The implementations are the api.py functions themselves: the launches stay there
 forward and backward inside a ``torch.autograd.Function`` (norms, MLP, routing), the op calls that Function's
 static ``forward``/``backward`` with a stand-in context (:class:`_Ctx`) that records what it saves.
 
-Opaque everywhere. Every op is a ``torch.library.custom_op``, on the CPU and on a GPU: ``torch.compile`` calls
-it as one node. ``triton_op``/``wrap_triton`` would let Inductor see the Triton kernels (no Python dispatch per
-call, AOTInductor packaging), but its body must be traceable on fake tensors with every launch wrapped, and ours
-go through ``rt.Tuned`` (named defaults, forced configs, prune rules), pass stride tuples, build TMA descriptors on
-the device, and plan launches in Python (split-KV, the MoE dispatch); under the interpreter ``wrap_triton``
-returns the kernel unwrapped, so none of it could be tested without a GPU. Inductor never fuses into a user
-Triton kernel either way, so the graph around our ops compiles the same. README: "Use it with torch.compile".
+Opaque everywhere: every op is a ``torch.library.custom_op``, on the CPU and on a GPU, which ``torch.compile``
+calls as one node (Inductor compiles the graph around it; it never fuses into a user Triton kernel either way).
+None goes through ``triton_op`` + ``wrap_triton`` yet, which would spare the Python dispatch per call and let
+AOTInductor package the kernels: its body must trace on fake tensors with every launch wrapped, and under the
+interpreter ``wrap_triton`` hands the kernel back unwrapped, so no such path can run without a GPU, and none was
+at hand. The candidates, easiest first: the norms, routing and MLP (``rt.Tuned`` kernels with scalar arguments:
+a ``wrap_triton`` hook in ``rt.Tuned`` would do), RoPE (its cached inverse-frequency table is a real tensor made
+outside fake mode), attention (stride tuples as kernel arguments), the MoE (seven launches, forward only).
 """
 
 from __future__ import annotations

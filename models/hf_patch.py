@@ -30,6 +30,7 @@ in HF's ``AttentionInterface``; the model's own config, and so its masks, stay a
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
@@ -69,7 +70,8 @@ def patch_hf(model: nn.Module, *, attention=True, norm=True, mlp=True, moe=True,
             raise NotImplementedError(f"{key}={getattr(config, key)!r} has no kernels.mlp activation (supported: "
                                       f"{sorted(supported)}); pass mlp=False to keep HF's MLP")
     if moe and config.model_type == "olmoe" and config.hidden_act != "silu":
-        raise NotImplementedError(f"kernels.moe computes SwiGLU experts; hidden_act={config.hidden_act!r}: pass moe=False")
+        raise NotImplementedError(f"kernels.moe computes SwiGLU experts; hidden_act={config.hidden_act!r}: "
+                                  f"pass moe=False")
     transformers.AttentionInterface.register(NAME, _attention)
     for module in model.modules():
         kind = type(module).__name__.removeprefix("Playground")
@@ -201,7 +203,6 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
             raise NotImplementedError(f"patch_hf(window=...) with a padding mask needs the model's attention to be "
                                       f"'eager' or 'sdpa', not {implementation!r}")
         attention_mask = _windowed(attention_mask, window, q_len, kv_len, query)
-    import sys
     import transformers
 
     eager = sys.modules[type(module).__module__].eager_attention_forward

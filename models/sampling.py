@@ -64,7 +64,8 @@ def left_padding(attention_mask, input_ids: torch.Tensor) -> list[int] | None:
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a torch.Tensor (batch, seq) of 0/1, got {type(attention_mask).__name__}")
+        raise TypeError(f"attention_mask must be a torch.Tensor (batch, seq) of 0/1, got "
+                        f"{type(attention_mask).__name__}")
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
                          f"{tuple(attention_mask.shape)}")

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from tests.test_models import CASES, FIRST, Built  # noqa: E402
 
 PAD = 0
+DEV = rt.DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,12 @@ def _padded_batch(case, seed, lengths=(6, 3, 5)):
     return ids, mask
 
 
+def _gen(model, ids, n, attention_mask=None, **kw):
+    """Our generate with the inputs on the kernels' device (the HF model stays on the CPU); the tokens on the CPU."""
+    mask = attention_mask.to(DEV) if attention_mask is not None else None
+    return model.generate(ids.to(DEV), n, attention_mask=mask, **kw).cpu()
+
+
 def _hf_generate(case, ids, mask, n, **kw):
     return case.hf.generate(ids, attention_mask=mask, max_new_tokens=n, pad_token_id=PAD, **kw)
 
@@ -69,17 +76,17 @@ def test_padded_batch_greedy_equals_hf(loaded, name):
     case, model = loaded(name)
     ids, mask = _padded_batch(case, 1)
     # the checkpoint's eos on both sides (HF reads the same generation config)
-    out = model.generate(ids, 4, attention_mask=mask, pad_token_id=PAD)
+    out = _gen(model, ids, 4, attention_mask=mask, pad_token_id=PAD)
     assert torch.equal(out, _hf_generate(case, ids, mask, 4, do_sample=False))
 
 
 def test_a_padded_row_continues_as_if_alone(loaded):
     case, model = loaded(FIRST[0])
     ids, mask = _padded_batch(case, 1, lengths=(5, 2))
-    out = model.generate(ids, 4, attention_mask=mask, eos_token_id=[])
+    out = _gen(model, ids, 4, attention_mask=mask, eos_token_id=[])
     for row in range(ids.shape[0]):
         alone = ids[row:row + 1, int((mask[row] == 0).sum()):]
-        assert torch.equal(model.generate(alone, 4, eos_token_id=[])[0, -4:], out[row, -4:])
+        assert torch.equal(_gen(model, alone, 4, eos_token_id=[])[0, -4:], out[row, -4:])
 
 
 @pytest.mark.skipif(rt.GPU, reason="HF runs on the CPU: its global RNG and a GPU's draw different numbers")
@@ -91,7 +98,7 @@ def test_sampling_equals_hf_with_the_same_seed(loaded, name):
     torch.manual_seed(11)
     ref = _hf_generate(case, ids, mask, 5, **sampling)
     torch.manual_seed(11)
-    assert torch.equal(model.generate(ids, 5, attention_mask=mask, pad_token_id=PAD, **sampling), ref)
+    assert torch.equal(_gen(model, ids, 5, attention_mask=mask, pad_token_id=PAD, **sampling), ref)
 
 
 def test_sampling_is_reproducible_from_a_generator(loaded):
@@ -99,8 +106,8 @@ def test_sampling_is_reproducible_from_a_generator(loaded):
     ids, mask = _padded_batch(case, 3, lengths=(4, 2, 4, 4))
 
     def sample(seed, **kw):
-        g = torch.Generator(device=ids.device).manual_seed(seed)
-        return model.generate(ids, 4, attention_mask=mask, eos_token_id=[], do_sample=True, generator=g, **kw)
+        g = torch.Generator(device=DEV).manual_seed(seed)
+        return _gen(model, ids, 4, attention_mask=mask, eos_token_id=[], do_sample=True, generator=g, **kw)
 
     first = sample(0, temperature=1.5)
     assert torch.equal(sample(0, temperature=1.5), first)
@@ -141,16 +148,16 @@ def test_eos_in_a_padded_batch_like_hf(loaded, name):
     decoding stops when all are finished, token for token HF's generate."""
     case, model = loaded(name)
     ids, mask = _padded_batch(case, 4)
-    free = model.generate(ids, 6, attention_mask=mask, eos_token_id=[])[:, ids.shape[1]:]
+    free = _gen(model, ids, 6, attention_mask=mask, eos_token_id=[])[:, ids.shape[1]:]
     eos = sorted({free[0, 1].item(), free[1, 3].item()})  # row 0 stops by its 2nd token, row 1 by its 4th
     ref = _hf_generate(case, ids, mask, 6, do_sample=False, eos_token_id=eos)
-    out = model.generate(ids, 6, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD)
+    out = _gen(model, ids, 6, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD)
     assert torch.equal(out, ref) and (out[0, ids.shape[1] + 2:] == PAD).all()
     if not rt.GPU:
         torch.manual_seed(3)
         ref = _hf_generate(case, ids, mask, 6, do_sample=True, top_k=3, eos_token_id=eos)
         torch.manual_seed(3)
-        out = model.generate(ids, 6, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD, do_sample=True,
+        out = _gen(model, ids, 6, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD, do_sample=True,
                              top_k=3)
         assert torch.equal(out, ref)
 
@@ -174,5 +181,5 @@ def test_bad_masks_and_sampling_arguments(loaded):
     for kw, error, match in bad:
         with pytest.raises(error, match=match):
             model.generate(ids, 2, **kw)
-    out = model.generate(ids, 2, attention_mask=torch.ones_like(ids, dtype=torch.bool))  # bool masks work
-    assert torch.equal(out, model.generate(ids, 2))
+    out = _gen(model, ids, 2, attention_mask=torch.ones_like(ids, dtype=torch.bool))  # bool masks work
+    assert torch.equal(out, _gen(model, ids, 2))
