@@ -44,7 +44,6 @@ import torch
 from torch import Tensor
 
 from . import _runtime as rt
-
 from .ops.attention import api as attention_api
 from .ops.layer_norm import api as norm_api
 from .ops.mlp import api as mlp_api

@@ -81,12 +81,14 @@ def test_padded_batch_greedy_equals_hf(loaded, name):
 
 
 def test_a_padded_row_continues_as_if_alone(loaded):
+    """Left padding changes nothing for a row, with or without a sliding window (counted in the row's own keys)."""
     case, model = loaded(FIRST[0])
     ids, mask = _padded_batch(case, 1, lengths=(5, 2))
-    out = _gen(model, ids, 4, attention_mask=mask, eos_token_id=[])
-    for row in range(ids.shape[0]):
-        alone = ids[row:row + 1, int((mask[row] == 0).sum()):]
-        assert torch.equal(_gen(model, alone, 4, eos_token_id=[])[0, -4:], out[row, -4:])
+    for m in (model, models.from_pretrained(case.path, window=2)):
+        out = _gen(m, ids, 4, attention_mask=mask, eos_token_id=[])
+        for row in range(ids.shape[0]):
+            alone = ids[row:row + 1, int((mask[row] == 0).sum()):]
+            assert torch.equal(_gen(m, alone, 4, eos_token_id=[])[0, -4:], out[row, -4:])
 
 
 @pytest.mark.skipif(rt.GPU, reason="HF runs on the CPU: its global RNG and a GPU's draw different numbers")
