@@ -3,15 +3,13 @@
 Importing this package picks the backend: compiled kernels on a CUDA GPU, the Triton interpreter on the CPU
 (``TRITON_INTERPRET=1`` is set before Triton loads). See ``kernels/_runtime.py``. The ops live one folder each
 under ``kernels/ops/`` (``kernels/registry.py`` lists them); ``kernels.count()`` counts what kernels execute
-(``kernels/perf/``).
+(``kernels/perf/``). ``kernels.attention`` and the other public functions run the ops as ``torch.library`` custom
+ops, ``torch.ops.playground.*`` (``kernels/library.py``), which ``torch.compile`` traces without a graph break.
 """
 
 from ._runtime import INTERPRET, backend, force_config  # noqa: F401  (first: sets TRITON_INTERPRET)
-from .ops.attention import attention  # noqa: F401
-from .ops.layer_norm import layer_norm, rms_norm  # noqa: F401
-from .ops.mlp import mlp, squared_relu_mlp  # noqa: F401
-from .ops.moe import moe  # noqa: F401
-from .ops.rope import partial_rope, partial_rope_qk  # noqa: F401
-from .ops.routing import topk_routing  # noqa: F401
+# the public ops call the torch.library custom ops (torch.ops.playground.*) that kernels/library.py registers
+from .library import (attention, layer_norm, mlp, moe, partial_rope, partial_rope_qk, rms_norm,  # noqa: F401
+                      squared_relu_mlp, topk_routing)
 from .perf import count  # noqa: F401
 from .registry import OPS  # noqa: F401

@@ -5,10 +5,12 @@
     logits = model(input_ids)                                  # (batch, seq, vocab)
     tokens = model.generate(input_ids, max_new_tokens=20)      # greedy, with a KV cache
     sliding = models.from_pretrained("path/to/gpt2", window=256)  # every layer attends to its last 256 keys
+    models.patch_hf(hf_model)                                   # a live transformers model, on our kernels
 
 Each family is one file that reads top to bottom (``gpt2.py``, ``opt.py``, ``persimmon.py``, ``olmoe.py``),
 registered by one line in ``registry.py``, whose docstring says what a family file provides. What families share
-lives once: reading a checkpoint in ``_common.py``; the modules, the KV cache and generation in ``_modules.py``.
+lives once: reading a checkpoint in ``_common.py``; the modules, the KV cache and generation in ``_modules.py``
+(sampling and attention masks in ``sampling.py``). ``hf_patch.py`` patches a live Hugging Face model instead.
 Loading needs torch and safetensors only.
 """
 
@@ -22,6 +24,7 @@ import torch
 import kernels._runtime
 
 from ._common import Checkpoint, load_safetensors, read_config, read_generation_tokens
+from .hf_patch import patch_hf
 from .registry import FAMILIES, family as _family
 
 
@@ -80,4 +83,4 @@ def _refuse_bfloat16_under_interpreter(dtype, what: str) -> None:
                         f"(or torch.float16) to from_pretrained")
 
 
-__all__ = ["from_pretrained", "FAMILIES"]
+__all__ = ["from_pretrained", "patch_hf", "FAMILIES"]

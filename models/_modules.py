@@ -1,7 +1,8 @@
-"""What the model families share to run: the pieces every model is built from, the KV cache, greedy generation.
+"""What the model families share to run: the pieces every model is built from, the KV cache, generation.
 
-:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None) -> logits`` and ``generate``);
-:class:`RotaryLM` and :class:`PreNormLayer` are the Llama-style model and layer that Persimmon and OLMoE share.
+:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None) -> logits`` and ``generate``:
+greedy or sampled, batched prompts with left padding); :class:`RotaryLM` and :class:`PreNormLayer` are the
+Llama-style model and layer that Persimmon and OLMoE share. How logits become tokens: ``sampling.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 import kernels
 
 from ._common import token_ids
+from .sampling import check_sampling, left_padding, next_tokens
 
 
 class LayerNorm(nn.Module):
@@ -59,14 +61,20 @@ class KVCache:
     ``update(layer, k, v)`` writes the new positions after the ``length`` already held and returns views of all
     positions so far: the attention kernel takes them with ``q_len < kv_len`` (queries are the last positions).
     The model calls ``advance(n)`` once all its layers have seen the ``n`` new positions.
+
+    ``pads``: left padding, the count of pad tokens that start each row (None: no row has any). A row's pads are
+    never attended to (:func:`attend`) and its positions count from its first real token (:func:`positions`), as
+    HF's ``generate`` counts them from the attention mask.
     """
 
-    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device, pads=None):
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.length = 0
+        self.pads = list(pads) if pads is not None and any(pads) else None
+        self.pad_counts = torch.tensor(self.pads, device=device) if self.pads else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.shape[2]
@@ -81,20 +89,49 @@ class KVCache:
 
 
 def attend(q, k, v, cache: KVCache | None, layer: int, window, scale=None):
-    """Causal attention of the new positions' queries over the cached + new keys (one kernel launch)."""
+    """Causal attention of the new positions' queries over the cached + new keys: one kernel launch, or one per
+    distinct count of left pads when the cache has some (:func:`attend_left_padded`).
+
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, q_len, head_dim), the new positions only.
+    Returns q's shape."""
     if cache is not None:
         k, v = cache.update(layer, k, v)
+        if cache.pads is not None:
+            return attend_left_padded(q, k, v, cache.pads, window, scale)
     return kernels.attention(q, k, v, causal=True, window=window, scale=scale)
 
 
+def attend_left_padded(q, k, v, pads: list[int], window, scale=None):
+    """Rows whose first ``pads[b]`` positions are padding: each group of rows with the same count attends over its
+    keys from the first real one on (the kernel never sees a pad key), for its queries that are real tokens.
+    Outputs at pad positions are 0: they feed nothing but pad positions.
+
+    q: (batch, heads, q_len, head_dim), the last q_len positions; k, v: (batch, kv_heads, kv_len, head_dim)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    out = torch.zeros_like(q)
+    for pad in sorted(set(pads)):
+        rows = [b for b, p in enumerate(pads) if p == pad]
+        select = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else torch.tensor(
+            rows, device=q.device)
+        first = max(0, pad - (kv_len - q_len))  # the first query that is a real token
+        if first < q_len:
+            out[select, :, first:] = kernels.attention(q[select, :, first:], k[select, :, pad:], v[select, :, pad:],
+                                                       causal=True, window=window, scale=scale)
+    return out
+
+
 def positions(cache: KVCache | None, seq: int, device) -> torch.Tensor:
-    """Absolute positions of ``seq`` new tokens: after whatever the cache already holds."""
+    """Positions of ``seq`` new tokens, after whatever the cache already holds: ``(seq,)``; ``(batch, seq)`` when
+    rows are left-padded (each counts from its first real token; pads get 0)."""
     start = cache.length if cache is not None else 0
-    return torch.arange(start, start + seq, device=device)
+    pos = torch.arange(start, start + seq, device=device)
+    if cache is not None and cache.pads is not None:
+        return (pos[None, :] - cache.pad_counts[:, None]).clamp(min=0)
+    return pos
 
 
 class CausalLM(nn.Module):
-    """Base of every model: ``forward(input_ids, cache=None) -> logits`` and greedy :meth:`generate`.
+    """Base of every model: ``forward(input_ids, cache=None) -> logits`` and :meth:`generate`.
 
     Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
     ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
@@ -122,20 +159,32 @@ class CausalLM(nn.Module):
         if self.max_positions is not None and end > self.max_positions:
             raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} positions")
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, pads=None) -> KVCache:
         p = next(self.parameters())
-        return KVCache(self.n_layers, batch, self.n_kv_heads, max_len, self.head_dim, p.dtype, p.device)
+        return KVCache(self.n_layers, batch, self.n_kv_heads, max_len, self.head_dim, p.dtype, p.device, pads)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=None,
-                 pad_token_id=None) -> torch.Tensor:
-        """Greedy decoding with a KV cache, token for token HF's ``generate(do_sample=False)``.
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, attention_mask=None, eos_token_id=None,
+                 pad_token_id=None, do_sample=False, temperature=1.0, top_k=None, top_p=None,
+                 generator=None) -> torch.Tensor:
+        """Decoding with a KV cache, token for token HF's ``generate`` (greedy, or sampling with the same RNG).
 
-        Returns the prompt followed by up to ``max_new_tokens`` argmax tokens. A row that emits one of the
-        ``eos_token_id`` (an int or a list; None: the checkpoint's; []: none) is finished: it keeps its eos and is
-        padded with ``pad_token_id`` (None: the checkpoint's, else the first eos id, as HF falls back) while the
-        other rows go on; decoding stops early once every row has finished. There is no attention mask: a prompt is
-        taken whole, so (unlike HF, which masks a prompt's pad tokens) rows must not be left-padded.
+        ``input_ids: (batch, prompt_len)``; returns ``(batch, prompt_len + n)``, ``n <= max_new_tokens``: the prompt
+        followed by the new tokens. ``attention_mask`` (same shape, 1 = token, 0 = pad) lets prompts of different
+        lengths share a batch, LEFT-padded as HF's ``generate`` wants them: a row's pads are never attended to and
+        its positions count from its first real token, so each row continues as if it were alone (greedy: HF's
+        tokens for the same padded batch). Other masks (right padding, holes) are a ValueError.
+
+        ``do_sample=False``: argmax. ``do_sample=True``: the logits (fp32) are divided by ``temperature``, cut to the
+        ``top_k`` largest (ties kept; None or 0: no cut), then to the smallest set whose probability reaches
+        ``top_p`` (None or 1.0: no cut), in HF's order (Temperature, TopK, TopP warpers; unlike HF's generation
+        config, top_k has no default of 50), and a token is drawn with ``torch.multinomial(probs, 1,
+        generator=generator)``: the same ``generator`` state gives the same tokens; None draws from torch's global
+        RNG, as HF does (same seed, same logits: HF's tokens).
+
+        A row that emits one of the ``eos_token_id`` (an int or a list; None: the checkpoint's; []: none) is
+        finished: it keeps its eos and is padded with ``pad_token_id`` (None: the checkpoint's, else the first eos
+        id, as HF falls back) while the other rows go on; decoding stops once every row has finished.
         """
         if isinstance(max_new_tokens, bool) or not hasattr(type(max_new_tokens), "__index__"):
             raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
@@ -143,6 +192,8 @@ class CausalLM(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.check_ids(input_ids, None)
+        pads = left_padding(attention_mask, input_ids)
+        check_sampling(do_sample, temperature, top_k, top_p, generator)
         eos = token_ids(eos_token_id, "eos_token_id") if eos_token_id is not None else self.eos_token_id
         if pad_token_id is None:
             pad_token_id = self.pad_token_id
@@ -154,14 +205,14 @@ class CausalLM(nn.Module):
             pad_token_id = eos[0]
         eos_ids = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
 
-        cache = self.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        cache = self.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, pads)
         unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         out = [input_ids]
         step = input_ids  # the prompt in one pass (prefill), then one token per step
         for _ in range(max_new_tokens):
             logits = self(step, cache=cache)
-            step = logits[:, -1].argmax(-1, keepdim=True).to(input_ids.dtype)
-            # a finished row shows pad, but the model is fed its argmax: always inside the vocabulary (a pad id
+            step = next_tokens(logits[:, -1], do_sample, temperature, top_k, top_p, generator).to(input_ids.dtype)
+            # a finished row shows pad, but the model is fed its own token: always inside the vocabulary (a pad id
             # need not be), and finished rows' outputs are never read, while the other rows do not see them
             out.append(torch.where(unfinished[:, None], step, pad_token_id) if eos else step)
             unfinished &= ~torch.isin(step[:, 0], eos_ids)

@@ -339,9 +339,15 @@ def _dispatch_mode():
 
     _register_cpu_sdpa_flops()
 
+    from ..library import IMPLEMENTATIONS
+
     class _CountAten(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            implementation = IMPLEMENTATIONS.get(func._schema.name)
+            if implementation is not None:  # our custom op (kernels/library.py): count what it runs, not it
+                with self:
+                    return implementation(*args, **kwargs)
             out = func(*args, **kwargs)
             # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
             if _launch[0] is None and (launch := _aten_launch(func, args, kwargs, out)) is not None:

@@ -1,0 +1,188 @@
+"""The ops as ``torch.library`` custom ops (``kernels/library.py``): ``opcheck`` on every op (forward and backward
+ops, fp32 on the kernels' device), the public functions equal to the api.py ones they wrap (outputs, gradients,
+errors, signatures), ``kernels.count`` unchanged by the wrapping, and ``torch.compile(fullgraph=True)`` through
+the ops (a training step) and through each model family's forward.
+
+The models compile with torch.compile's default backend, Inductor (on the CPU it generates C++ around our ops,
+which it calls as opaque nodes): the real path, 10-40 s a model here (tiny configs; less with a warm Inductor
+cache). The training step uses aot_eager (see it).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import kernels
+import models
+from kernels import _runtime as rt
+from kernels.library import IMPLEMENTATIONS
+
+DEV = rt.DEVICE
+OPS = ("attention", "attention_backward", "layer_norm", "rms_norm", "norm_backward", "partial_rope",
+       "partial_rope_qk", "mlp", "mlp_backward", "topk_routing", "topk_routing_backward", "moe")
+
+
+def _randn(*shape, grad=False, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed + len(shape) + shape[-1])
+    return (scale * torch.randn(*shape, generator=g)).to(DEV).requires_grad_(grad)
+
+
+def _op_inputs(name):
+    """Representative fp32 arguments of ``torch.ops.playground.<name>``: small, odd sizes, strided views, GQA."""
+    q = _randn(1, 6, 2, 16).transpose(1, 2).requires_grad_()  # (b, h, s, d) as a transposed view
+    k, v = _randn(1, 2, 9, 16, grad=True, seed=1), _randn(1, 2, 9, 16, grad=True, seed=2)
+    x, w, b = _randn(3, 5, 24, grad=True), _randn(24, grad=True, seed=3), _randn(24, grad=True, seed=4)
+    w_in, b_in = _randn(40, 24, grad=True, scale=0.2), _randn(40, grad=True, seed=5)
+    w_out, b_out = _randn(24, 40, grad=True, scale=0.2, seed=6), _randn(24, grad=True, seed=7)
+    logits = _randn(2, 7, 12, grad=True)
+    positions = torch.arange(3, 9, device=DEV)
+    if name == "attention":
+        return (q, k, v, True, 4, 0.25)
+    if name == "attention_backward":
+        out, lse = torch.ops.playground.attention(q, k, v, True, 4, 0.25)
+        return (torch.randn_like(out), q, k, v, out.detach(), lse, True, 4, 0.25)
+    if name in ("layer_norm", "rms_norm"):
+        return (x, w, b, 1e-5) if name == "layer_norm" else (x, w, 1e-5)
+    if name == "norm_backward":
+        y, mean, rstd = torch.ops.playground.layer_norm(x, w, b, 1e-5)
+        return (torch.randn_like(y), x, w, b, mean, rstd, [True, True, True])
+    if name == "partial_rope":
+        return (_randn(2, 3, 6, 20, grad=True), positions, 10, 25000.0)
+    if name == "partial_rope_qk":
+        return (_randn(2, 4, 6, 16, grad=True), _randn(2, 2, 6, 16, grad=True, seed=8), positions, 16, 10000.0)
+    if name == "mlp":
+        return (x, w_in, b_in, w_out, b_out, "gelu_tanh", [True] * 5)
+    if name == "mlp_backward":
+        y, a, h = torch.ops.playground.mlp(x, w_in, b_in, w_out, b_out, "relu2", [True] * 5)
+        return (torch.randn_like(y), x, w_in, w_out, a, h, True, True, "relu2", [True] * 5)
+    if name == "topk_routing":
+        return (logits, 4, True)
+    if name == "topk_routing_backward":
+        weights, ids = torch.ops.playground.topk_routing(logits, 4, False)
+        return (torch.randn_like(weights), logits, ids, False)
+    assert name == "moe"
+    return (_randn(7, 24), _randn(8, 24, scale=0.2), _randn(8, 32, 24, scale=0.2), _randn(8, 24, 16, scale=0.2), 3,
+            False)
+
+
+def test_every_op_is_registered():
+    assert sorted(IMPLEMENTATIONS) == sorted(f"playground::{name}" for name in OPS)
+    for name in OPS:
+        assert isinstance(getattr(torch.ops.playground, name).default, torch._ops.OpOverload)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_opcheck(name):
+    """Schema, autograd registration, fake (meta) implementation against the real one (shapes, dtypes, strides),
+    and AOTAutograd with dynamic shapes, forward and backward, equal to eager."""
+    args = _op_inputs(name)
+    if name.endswith("_backward"):  # backward ops have no autograd formula: their inputs need none
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(getattr(torch.ops.playground, name).default, args)
+
+
+# ------------------------------------------------------------------------------------------------ the public functions
+
+
+@pytest.mark.parametrize("name", list(kernels.OPS))
+def test_public_function_is_the_api_function(name):
+    """``kernels.<op>`` (through the custom op) gives the api.py function's outputs and gradients bit for bit, on a
+    case with strided inputs, and the same signature; each of the spec's bad inputs raises the same error."""
+    spec = kernels.OPS[name]
+    public = getattr(kernels, name)
+    assert inspect.signature(public) == inspect.signature(spec.fn)
+    grad = "bwd" in spec.modes
+    outs = []
+    for fn in (public, spec.fn):
+        case = spec.make_case(spec.config_dims, torch.float32, DEV, contiguous=False, requires_grad=grad, seed=3)
+        out = fn(*case.args, **case.kwargs)
+        out = out if isinstance(out, tuple) else (out,)
+        if grad:
+            g = torch.Generator().manual_seed(0)
+            floats = [o for o in out if o.is_floating_point()]
+            sum((o * torch.randn(o.shape, generator=g).to(o.device)).sum() for o in floats).backward()
+        outs.append([o.detach() for o in out] + [t.grad for t in case.grad_inputs()])
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+    for bad in spec.bad_inputs:
+        case = bad.make()
+        with pytest.raises(bad.error, match=bad.match):
+            public(*case.args, **case.kwargs)
+
+
+@pytest.mark.skipif(not rt.INTERPRET, reason="kernels.count() counts Triton kernels under the interpreter only")
+def test_counts_are_those_of_the_kernels():
+    """kernels.count() sees inside a custom op: the same launches as the api function, no extra one for the op."""
+    from kernels.ops.layer_norm.api import layer_norm
+
+    x, w, b = _randn(4, 32, grad=True), _randn(32, grad=True), _randn(32, grad=True)
+    summaries = []
+    for fn in (kernels.layer_norm, layer_norm):
+        with kernels.count() as c:
+            fn(x, w, b).sum().backward()
+        summaries.append({name: (k.launches, k.bytes) for name, k in c.by_kernel().items()})
+        x.grad = w.grad = b.grad = None
+    assert summaries[0] == summaries[1]
+    assert "playground" not in str(summaries[0])
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+
+
+def _block(x, w_ln, w_in, w_out, positions):
+    """A pre-LN block of the ops: RMSNorm -> q, k, v -> RoPE -> windowed GQA attention -> residual -> MLP."""
+    b, s, d = x.shape
+    h = kernels.rms_norm(x, w_ln)
+    heads = h.view(b, s, 2, d // 2).transpose(1, 2)  # (b, 2, s, d/2): q; one head of it for k, the other for v
+    q, k = kernels.partial_rope_qk(heads, heads[:, :1] * 0.5, positions, rotary_dim=d // 4)
+    y = kernels.attention(q, k, heads[:, 1:], window=5).transpose(1, 2).reshape(b, s, d)
+    x = x + y
+    weights, _ = kernels.topk_routing(kernels.layer_norm(x), 2)
+    return x + kernels.mlp(x, w_in, None, w_out, None, activation="gelu_tanh") * weights.sum(-1, keepdim=True)
+
+
+def test_compile_fullgraph_training_step():
+    """A block of every differentiable op compiles with no graph break; forward and gradients equal eager's.
+    Backend aot_eager: the same Dynamo + AOTAutograd trace (fake implementations, autograd formulas, backward ops)
+    without Inductor's codegen of the glue, which costs ~30 s more here for nothing the model tests lack."""
+    torch._dynamo.reset()
+    args = (_randn(2, 9, 32, grad=True), _randn(32, grad=True, seed=1), _randn(48, 32, grad=True, scale=0.2),
+            _randn(32, 48, grad=True, scale=0.2, seed=2), torch.arange(9, device=DEV))
+    compiled = torch.compile(_block, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (_block, compiled):
+        out = fn(*args)
+        out.square().sum().backward()
+        results.append([out.detach()] + [a.grad.clone() for a in args if a.is_floating_point()])
+        for a in args:
+            a.grad = None
+    for ours, ref in zip(*results[::-1]):
+        assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from tests.test_models import Built
+
+    root = str(tmp_path_factory.mktemp("compile"))
+    return lambda name: Built(name, root)
+
+
+def _first_cases():
+    from tests.test_models import FIRST
+
+    return FIRST
+
+
+@pytest.mark.parametrize("name", _first_cases())
+def test_compiled_model_matches_eager(checkpoints, name):
+    """torch.compile(model, fullgraph=True) of each family's forward (tiny config) runs and matches eager (fp32)."""
+    case = checkpoints(name)
+    model = models.from_pretrained(case.path)
+    ids = case.ids(1).to(DEV)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    eager, out = model(ids), compiled(ids)
+    assert ((out - eager).norm() / eager.norm()).item() < 1e-5
