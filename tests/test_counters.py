@@ -186,28 +186,33 @@ def test_memory_bound_ops_move_near_the_least_bytes(name, mode):
         counter.summary()
 
 
-def test_mlp_gemms_read_each_operand_tile_as_often_as_the_tiling_implies():
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_mlp_gemms_read_each_operand_tile_as_often_as_the_tiling_implies(tma):
     """A GEMM (M, K) x (K, N) in BLOCK_M x BLOCK_N output tiles: each program reads one (BLOCK_M, K) strip of the
-    activations and one (K, BLOCK_N) strip of the weight — whole strips even at the edges, where the kernel wraps
-    around rather than masking — and its BLOCK_N slice of the bias. So the weight is read once per row of tiles
-    (ceil(M / BLOCK_M) times) and the activations once per column of tiles (ceil(N / BLOCK_N) times)."""
+    activations and one (K, BLOCK_N) strip of the weight, and its BLOCK_N slice of the bias. So the weight is read
+    once per row of tiles (ceil(M / BLOCK_M) times) and the activations once per column of tiles (ceil(N /
+    BLOCK_N) times). The pointer path reads whole strips even at the edges, where it wraps around rather than
+    masking; a TMA box is clipped at the tensor's edge, so nothing past it is read."""
     from kernels.ops.mlp import kernel as mlp_kernel
 
+    tile = {"BLOCK_M": 128, "BLOCK_N": 256, "TMA": tma, "PERSISTENT": False}
+    index = next(i for i, c in enumerate(mlp_kernel.gemm.configs) if tile.items() <= c.kwargs.items())
     tokens, hidden, inner = 256, 128, 384  # inner: one and a half column tiles of 256
     x = torch.randn(tokens, hidden, dtype=torch.float16)
     w_in, w_out = torch.randn(inner, hidden, dtype=torch.float16), torch.randn(hidden, inner, dtype=torch.float16)
     b_in, b_out = torch.randn(inner, dtype=torch.float16), torch.randn(hidden, dtype=torch.float16)
-    with kernels.count() as c:
+    with kernels.force_config(mlp_kernel.gemm, index), kernels.count() as c:
         kernels.mlp(x, w_in, b_in, w_out, b_out)
-    config = mlp_kernel.gemm.last_config().kwargs
-    block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
+    block_m, block_n = 128, 256
     up, down = c.by_kernel()["gemm"].records
     for launch, (m, k, n) in ((up, (tokens, hidden, inner)), (down, (tokens, inner, hidden))):
         row_tiles, col_tiles = math.ceil(m / block_m), math.ceil(n / block_n)
-        weight_reads = row_tiles * (col_tiles * block_n) * k
-        activation_reads = col_tiles * (row_tiles * block_m) * k
+        strip_n = n if tma else col_tiles * block_n  # the weight columns the column tiles read, edge included
+        strip_m = m if tma else row_tiles * block_m
+        weight_reads = row_tiles * strip_n * k
+        activation_reads = col_tiles * strip_m * k
         bias_reads = row_tiles * n
-        assert launch.bytes_read == 2 * (weight_reads + activation_reads + bias_reads), (launch, config)
+        assert launch.bytes_read == 2 * (weight_reads + activation_reads + bias_reads), launch
         assert launch.bytes_written == 2 * m * n  # the output, once
         assert launch.flops == 2 * (row_tiles * block_m) * (col_tiles * block_n) * k
 

@@ -201,6 +201,13 @@ def _scale(launch: Launch) -> None:
         launch.bytes_written = round(launch.bytes_written * factor)
 
 
+
+def _true(mask) -> int:
+    """How many elements a load or store mask lets through: a TensorHandle's array, or (a tensor descriptor's
+    load or store, which passes its bounds mask straight on) a bare numpy array."""
+    return int(np.count_nonzero(mask if isinstance(mask, np.ndarray) else mask.data))
+
+
 def _install():
     """Wrap the interpreter's builder and grid executor (once; the wrappers do nothing outside count())."""
     from triton.runtime import interpreter as interp
@@ -214,12 +221,12 @@ def _install():
 
     def create_masked_load(self, ptrs, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
-            launch.bytes_read += int(mask.data.sum()) * _element_bytes(ptrs.get_element_ty())
+            launch.bytes_read += _true(mask) * _element_bytes(ptrs.get_element_ty())
         return load(self, ptrs, mask, *args, **kwargs)
 
     def create_masked_store(self, ptrs, value, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
-            launch.bytes_written += int(mask.data.sum()) * _element_bytes(ptrs.get_element_ty())
+            launch.bytes_written += _true(mask) * _element_bytes(ptrs.get_element_ty())
         return store(self, ptrs, value, mask, *args, **kwargs)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
@@ -240,7 +247,7 @@ def _install():
 
     def create_atomic_rmw(self, op, ptr, val, mask, *args):
         if (launch := _launch[0]) is not None:
-            nbytes = int(mask.data.sum()) * _element_bytes(ptr.get_element_ty())
+            nbytes = _true(mask) * _element_bytes(ptr.get_element_ty())
             launch.bytes_read += nbytes
             launch.bytes_written += nbytes
         return rmw(self, op, ptr, val, mask, *args)
