@@ -180,7 +180,14 @@ def test_head_dims(d):
 # ------------------------------------------------------------------------------------------------ tiles
 
 
-@pytest.mark.parametrize("kernel,index", [(attn_fwd, 3), (attn_bwd_dkdv, 3), (attn_bwd_dq, 3)])
+def _small_tiles():
+    """The small-tile configs (forward and dQ: 64 x 32, dK/dV: 16 x 64), each with and without TMA."""
+    tiles = [(attn_fwd, 64, 32), (attn_bwd_dkdv, 16, 64), (attn_bwd_dq, 64, 32)]
+    return [pytest.param(kernel, index, id=f"{kernel.name}-{index}") for kernel, m, n in tiles
+            for index, c in enumerate(kernel.configs) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (m, n)]
+
+
+@pytest.mark.parametrize("kernel,index", _small_tiles())
 def test_small_tiles_cross_every_edge(kernel, index):
     """Small tiles on a long window: masked window edge, unmasked interior and masked diagonal all occur,
     with GQA, a q_len that is not a multiple of any tile, and a kv_len offset."""
