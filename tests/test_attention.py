@@ -200,6 +200,18 @@ def test_small_tiles_cross_every_edge(kernel, index):
         _check_fwd_bwd(q, k, v, window=120)
 
 
+@pytest.mark.parametrize("kernel,index", [pytest.param(kernel, index, id=f"{kernel.name}-{index}")
+                                          for kernel in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq)
+                                          for index, c in enumerate(kernel.configs) if c.kwargs["TMA"]])
+def test_a_tma_config_on_tensors_no_descriptor_fits(kernel, index):
+    """fp16 heads of 36 channels (72-byte rows) fit no TMA descriptor: a TMA config forced there (or cached by the
+    tuner for another call of the same key) must take the pointer path, not read misaligned boxes."""
+    q, k, v = _qkv(1, 2, 1, 37, 45, 36, dtype=torch.float16, requires_grad=True)
+    assert not rt.tma_ok(q)
+    with force_config(kernel, index):
+        _check_fwd_bwd(q, k, v, window=20)
+
+
 def _key_ranges(start_m, M, N, W, bm, bn):
     """The host-side twin of kernel.key_range, for the test above."""
     offset = N - M

@@ -82,7 +82,7 @@ from .blocks import head_rows, key_range, load_rows, query_block, store_rows, vi
 
 SMEM_BUDGET = 200 * 1024
 # The autotuning key: the sizes in power-of-two buckets (so a new length does not retune) and the mask's kind.
-TUNE_KEY = ["BLOCK_D", "M_BUCKET", "N_BUCKET", "W_BUCKET", "CAUSAL", "WINDOWED"]
+TUNE_KEY = ["BLOCK_D", "M_BUCKET", "N_BUCKET", "W_BUCKET", "CAUSAL", "WINDOWED", "TMA_FITS"]
 
 # (BLOCK_M query rows resident, BLOCK_N keys streamed, num_warps, num_stages), each with TMA on and off
 FWD_TILES = [
@@ -171,17 +171,20 @@ def attn_fwd(
     H, M, N, GROUP, W, qk_scale, split_len,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
+    # that the tuner cached for another call of this key, or that a test forced, stays correct
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS
     # grid: (query blocks, batch * q_heads, key splits)
     pid_s = tl.program_id(2)
     pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
         H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-    q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, True, TMA)
-    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+    q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, True, DESCRIBED)
+    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
 
     lo, full_lo, full_hi, hi = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     # This program's share of [lo, hi): the whole range, or chunk pid_s of the split (split_len is a
@@ -196,7 +199,7 @@ def attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     ctx = (q, k_rows, v_rows, strides_k, strides_v, offs_m, offs_d, d_ok)
     acc, l_i, m_i = walk_blocks(_fwd_block, (acc, l_i, m_i), ctx, (lo_s, full_lo_s, full_hi_s, hi_s),
-                                M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, TMA, BLOCK_N)
+                                M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_N)
 
     # An empty split chunk leaves l = 0, m = -inf: it writes o = 0 and lse = -inf, which the combine weighs 0.
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -208,8 +211,8 @@ def attn_fwd(
                  mask=m_ok[:, None] & d_ok[None, :])
         tl.store(LSE_PART + part + rows_m, lse, mask=m_ok)
     else:
-        o_rows = head_rows(O, strides_o, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        store_rows(o_rows, strides_o, start_m, M, offs_d, d_ok, o.to(O.dtype.element_ty), BLOCK_M, TMA)
+        o_rows = head_rows(O, strides_o, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        store_rows(o_rows, strides_o, start_m, M, offs_d, d_ok, o.to(O.dtype.element_ty), BLOCK_M, DESCRIBED)
         tl.store(LSE + pid_bh.to(tl.int64) * M + rows_m, lse, mask=m_ok)
 
 

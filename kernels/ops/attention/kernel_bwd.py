@@ -111,9 +111,12 @@ def attn_bwd_dkdv(
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
+    # that the tuner cached for another call of this key, or that a test forced, stays correct
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS
     # grid: (key blocks, batch * kv_heads)
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
@@ -125,10 +128,10 @@ def attn_bwd_dkdv(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
-    k = load_rows(head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA), strides_k, start_n, N,
-                  offs_d, d_ok, BLOCK_N, True, TMA)
-    v = load_rows(head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA), strides_v, start_n, N,
-                  offs_d, d_ok, BLOCK_N, True, TMA)
+    k = load_rows(head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_k, start_n, N,
+                  offs_d, d_ok, BLOCK_N, True, DESCRIBED)
+    v = load_rows(head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_v, start_n, N,
+                  offs_d, d_ok, BLOCK_N, True, DESCRIBED)
 
     # The query rows that see any key of [start_n, end_n), and those that see all of them (key rows past
     # kv_len need no care here: each key's dk, dv row depends on that key alone, and they are never stored).
@@ -152,17 +155,17 @@ def attn_bwd_dkdv(
     for g in range(GROUP):  # every query head that reads this KV head
         h = hk * GROUP + g
         bh = b * H + h
-        q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
-        do_rows = head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+        q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        do_rows = head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
         ctx = (k, v, q_rows, do_rows, LSE + bh * M, DELTA + bh * M, strides_q, strides_do, offs_n, offs_d, d_ok)
         dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
-                             CAUSAL, WINDOWED, PRECISION, TMA, BLOCK_M)
+                             CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
 
     dk = dk * sm_scale
-    store_rows(head_rows(DK, strides_dk, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA), strides_dk, start_n, N, offs_d,
-               d_ok, dk.to(DK.dtype.element_ty), BLOCK_N, TMA)
-    store_rows(head_rows(DV, strides_dv, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA), strides_dv, start_n, N, offs_d,
-               d_ok, dv.to(DV.dtype.element_ty), BLOCK_N, TMA)
+    dk_rows = head_rows(DK, strides_dk, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    store_rows(dk_rows, strides_dk, start_n, N, offs_d, d_ok, dk.to(DK.dtype.element_ty), BLOCK_N, DESCRIBED)
+    dv_rows = head_rows(DV, strides_dv, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    store_rows(dv_rows, strides_dv, start_n, N, offs_d, d_ok, dv.to(DV.dtype.element_ty), BLOCK_N, DESCRIBED)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,25 +197,29 @@ def attn_bwd_dq(
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
+    # that the tuner cached for another call of this key, or that a test forced, stays correct
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS
     # grid: (query blocks, batch * q_heads)
     pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
         H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    q = load_rows(head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA), strides_q, start_m, M,
-                  offs_d, d_ok, BLOCK_M, True, TMA)
-    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA), strides_do, start_m, M,
-                   offs_d, d_ok, BLOCK_M, True, TMA)
+    q = load_rows(head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_q, start_m, M,
+                  offs_d, d_ok, BLOCK_M, True, DESCRIBED)
+    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_do, start_m, M,
+                   offs_d, d_ok, BLOCK_M, True, DESCRIBED)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
-    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
-    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
 
     bounds = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     ctx = (q, do, lse, delta, k_rows, v_rows, strides_k, strides_v, offs_m, offs_d, d_ok)
-    (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, TMA, BLOCK_N)
+    (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, DESCRIBED,
+                        BLOCK_N)
     dq = dq * sm_scale
-    store_rows(head_rows(DQ, strides_dq, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, TMA), strides_dq, start_m, M, offs_d,
-               d_ok, dq.to(DQ.dtype.element_ty), BLOCK_M, TMA)
+    dq_rows = head_rows(DQ, strides_dq, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+    store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(DQ.dtype.element_ty), BLOCK_M, DESCRIBED)
