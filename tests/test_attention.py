@@ -180,7 +180,14 @@ def test_head_dims(d):
 # ------------------------------------------------------------------------------------------------ tiles
 
 
-@pytest.mark.parametrize("kernel,index", [(attn_fwd, 3), (attn_bwd_dkdv, 3), (attn_bwd_dq, 3)])
+def _small_tiles():
+    """The small-tile configs (forward and dQ: 64 x 32, dK/dV: 16 x 64), each with and without TMA."""
+    tiles = [(attn_fwd, 64, 32), (attn_bwd_dkdv, 16, 64), (attn_bwd_dq, 64, 32)]
+    return [pytest.param(kernel, index, id=f"{kernel.name}-{index}") for kernel, m, n in tiles
+            for index, c in enumerate(kernel.configs) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (m, n)]
+
+
+@pytest.mark.parametrize("kernel,index", _small_tiles())
 def test_small_tiles_cross_every_edge(kernel, index):
     """Small tiles on a long window: masked window edge, unmasked interior and masked diagonal all occur,
     with GQA, a q_len that is not a multiple of any tile, and a kv_len offset."""
@@ -191,6 +198,18 @@ def test_small_tiles_cross_every_edge(kernel, index):
             lo_parts.append(_key_ranges(m0, 100, 230, 120, 64, 32))
         assert any(fl > lo for lo, fl, fh, hi in lo_parts) and any(fh > fl for lo, fl, fh, hi in lo_parts)
         _check_fwd_bwd(q, k, v, window=120)
+
+
+@pytest.mark.parametrize("kernel,index", [pytest.param(kernel, index, id=f"{kernel.name}-{index}")
+                                          for kernel in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq)
+                                          for index, c in enumerate(kernel.configs) if c.kwargs["TMA"]])
+def test_a_tma_config_on_tensors_no_descriptor_fits(kernel, index):
+    """fp16 heads of 36 channels (72-byte rows) fit no TMA descriptor: a TMA config forced there (or cached by the
+    tuner for another call of the same key) must take the pointer path, not read misaligned boxes."""
+    q, k, v = _qkv(1, 2, 1, 37, 45, 36, dtype=torch.float16, requires_grad=True)
+    assert not rt.tma_ok(q)
+    with force_config(kernel, index):
+        _check_fwd_bwd(q, k, v, window=20)
 
 
 def _key_ranges(start_m, M, N, W, bm, bn):

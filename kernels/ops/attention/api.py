@@ -98,7 +98,7 @@ def _forward(q, k, v, causal, window, scale, num_splits=None):
         q, k, v, o, lse, o_part, lse_part,
         q.stride(), k.stride(), v.stride(), o.stride(),
         H, M, N, a["group"], a["W"], scale * LOG2E, split_len, *a["buckets"],
-        D, a["block_d"], causal, a["windowed"], split, a["precision"],
+        D, a["block_d"], causal, a["windowed"], split, a["precision"], rt.tma_ok(q, k, v, o),
     )
     if split:
         attn_combine[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
@@ -117,7 +117,7 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     )
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
-            D, a["block_d"], causal, a["windowed"], a["precision"])
+            D, a["block_d"], causal, a["windowed"], a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
         q, k, v, do, lse, delta, dk, dv,
         q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),

@@ -1,5 +1,5 @@
-"""The backward Triton kernels of attention (FlashAttention-2); the forward, its tiling and the masks used here
-are in ``kernel.py``.
+"""The backward Triton kernels of attention (FlashAttention-2); the forward and its tiling are in ``kernel.py``,
+the mask, the block walk and the tile loads (TMA or pointers) used here in ``blocks.py``.
 
 With ``P = 2^(s - lse)`` recomputed from the forward's saved lse (not stored: it is ``q_len x kv_len``), ``dO``
 the output gradient and ``delta_i = rowsum(dO_i * O_i)``:
@@ -12,45 +12,47 @@ that see those keys, for every query head of the group in turn (GQA sums dk, dv 
 atomics); :func:`attn_bwd_dq` — a program owns ``BLOCK_M`` queries and walks their visible key blocks, like the
 forward. Both use the forward's three-loop block skipping (masked edge, unmasked interior, masked diagonal:
 ``walk_blocks``, with their own loop bodies), with the ranges seen from the other side. fp16/bf16: ``p`` and
-``dS`` are rounded to the input dtype for their matmuls; every accumulator is fp32.
+``dS`` are rounded to the input dtype for their matmuls; every accumulator is fp32. With ``TMA`` the resident
+and streamed tiles arrive by TMA and dq, dk, dv leave by TMA stores; lse and delta are rows of fp32 (pointers).
 """
 
 import triton
 import triton.language as tl
 
 from ... import _runtime as rt
-from .kernel import TUNE_KEY, d_mask, fits_smem, head_base, key_range, query_block, tile_ptrs, visible, walk_blocks
+from .blocks import d_mask, head_rows, key_range, load_rows, query_block, store_rows, visible, walk_blocks
+from .kernel import TUNE_KEY, fits, tile_configs
 
-# Configs: see kernel.py's note (ptxas register counts, the shared-memory estimate and the rule fits_smem).
-# (BLOCK_M query rows streamed, BLOCK_N keys resident, num_warps, num_stages): dK/dV holds two fp32
-# accumulators besides k and v, so it streams short query tiles.
-DKDV_CONFIGS = [
-    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in [
-        (32, 128, 8, 2),  # interpreter default
-        (32, 64, 8, 2),
-        (16, 128, 8, 2),
-        (16, 64, 4, 2),  # head dim 256 / fp32
-    ]
+# Configs: see kernel.py's note (tiles times the TMA axis, the rules keep and fits). dK/dV: (BLOCK_M query rows
+# streamed, BLOCK_N keys resident, num_warps, num_stages); it holds two fp32 accumulators besides k and v, so it
+# streams short query tiles. Its BLOCK_N rows are the wgmma's M: k @ q^T, v @ dO^T, dS^T @ q, P^T @ dO.
+DKDV_TILES = [
+    (32, 128, 8, 2),
+    (32, 64, 8, 2),
+    (16, 128, 8, 2),
+    (16, 64, 4, 2),  # head dim 256 / fp32
 ]
-# (BLOCK_M queries resident, BLOCK_N keys streamed, num_warps, num_stages)
-DQ_CONFIGS = [
-    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in [
-        (128, 64, 8, 3),
-        (128, 128, 8, 2),  # interpreter default
-        (64, 64, 4, 3),
-        (64, 32, 4, 2),  # head dim 256 / fp32
-    ]
+# dQ: (BLOCK_M queries resident, BLOCK_N keys streamed, num_warps, num_stages), like the forward.
+DQ_TILES = [
+    (128, 64, 8, 3),
+    (128, 128, 8, 2),
+    (64, 64, 4, 2),
+    (64, 32, 4, 2),  # head dim 256 / fp32
 ]
+DKDV_CONFIGS = tile_configs(DKDV_TILES)
+DQ_CONFIGS = tile_configs(DQ_TILES)
+DKDV_DEFAULT = {"BLOCK_M": 32, "BLOCK_N": 128, "TMA": True}  # the interpreter's
+DQ_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 64, "TMA": True}
 
 
 def dkdv_fits(configs, nargs):
     """dK/dV's rule: k and v resident (BLOCK_N rows), q and dO streamed (BLOCK_M rows)."""
-    return fits_smem(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False)
+    return fits(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False, tensors=("Q", "K", "V", "DO", "DK", "DV"))
 
 
 def dq_fits(configs, nargs):
     """dQ's rule: q and dO resident (BLOCK_M rows), k and v streamed (BLOCK_N rows)."""
-    return fits_smem(configs, nargs, "BLOCK_M", "BLOCK_N", 2, short_q=True)
+    return fits(configs, nargs, "BLOCK_M", "BLOCK_N", 2, short_q=True, tensors=("Q", "K", "V", "DO", "DQ"))
 
 
 @rt.autotune([triton.Config({"BLOCK_M": 64}, num_warps=4)], key=["BLOCK_D"])
@@ -61,18 +63,13 @@ def attn_bwd_delta(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """delta_i = sum_d dO[i, d] * O[i, d]   (= rowsum(P * dP), the softmax backward's row term)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    rows_m = offs_m.to(tl.int64)
-    mask = (offs_m < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(tile_ptrs(O, strides_o, b, h, rows_m, offs_d), mask=mask, other=0.0)
-    do = tl.load(tile_ptrs(DO, strides_do, b, h, rows_m, offs_d), mask=mask, other=0.0)
+    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(H, 1, M, HEAD_DIM, BLOCK_D, BLOCK_M)
+    o = load_rows(head_rows(O, strides_o, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_o, start_m, M,
+                  offs_d, d_ok, BLOCK_M, True, False)
+    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_do, start_m, M,
+                   offs_d, d_ok, BLOCK_M, True, False)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * M + rows_m, delta, mask=offs_m < M)
+    tl.store(DELTA + pid_bh.to(tl.int64) * M + rows_m, delta, mask=m_ok)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -81,49 +78,45 @@ def attn_bwd_delta(
 
 
 @triton.jit
-def _dkdv_block(state, ctx, offs_m, M, N, W, qk_scale,
-                MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
-    """Accumulate dk, dv of one key block by the query block offs_m, in the transposed (key-major) frame;
-    walk_blocks' body."""
+def _dkdv_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Accumulate dk, dv of one key block by the query block [start_m, start_m + BLOCK_M), in the transposed
+    (key-major) frame; walk_blocks' body."""
     dk, dv = state
-    k, v, q_base, do_base, lse_base, delta_base, strides_q, strides_do, offs_n, offs_d, d_ok = ctx
-    rows = offs_m.to(tl.int64)
+    k, v, q_rows, do_rows, lse_base, delta_base, strides_q, strides_do, offs_n, offs_d, d_ok = ctx
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    do = load_rows(do_rows, strides_do, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
     if MASK:
-        m_ok = offs_m < M
-        qt = tl.load(q_base + rows[None, :] * strides_q[2] + offs_d[:, None] * strides_q[3],
-                     mask=d_ok[:, None] & m_ok[None, :], other=0.0)
-        do = tl.load(do_base + rows[:, None] * strides_do[2] + offs_d[None, :] * strides_do[3],
-                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(lse_base + rows, mask=m_ok, other=0.0)
-        delta = tl.load(delta_base + rows, mask=m_ok, other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=offs_m < M, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=offs_m < M, other=0.0)
     else:  # interior block: every row exists
-        qt = tl.load(q_base + rows[None, :] * strides_q[2] + offs_d[:, None] * strides_q[3], mask=d_ok[:, None],
-                     other=0.0)
-        do = tl.load(do_base + rows[:, None] * strides_do[2] + offs_d[None, :] * strides_do[3], mask=d_ok[None, :],
-                     other=0.0)
-        lse = tl.load(lse_base + rows)
-        delta = tl.load(delta_base + rows)
+        lse = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
     # P^T (BLOCK_N, BLOCK_M), recomputed from the forward's log-sum-exp (base 2).
-    pt = tl.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse[None, :])
+    pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
     if MASK:
         pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
     dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
 
 
-@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default={"BLOCK_M": 32, "BLOCK_N": 128}, prune=dkdv_fits)
+@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default=DKDV_DEFAULT, prune=dkdv_fits)
 @triton.jit
 def attn_bwd_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV, strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
+    # that the tuner cached for another call of this key, or that a test forced, stays correct
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS
     # grid: (key blocks, batch * kv_heads)
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
@@ -135,10 +128,10 @@ def attn_bwd_dkdv(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
-    rows_n = offs_n.to(tl.int64)
-    kv_mask = (offs_n < N)[:, None] & d_ok[None, :]
-    k = tl.load(tile_ptrs(K, strides_k, b, hk, rows_n, offs_d), mask=kv_mask, other=0.0)
-    v = tl.load(tile_ptrs(V, strides_v, b, hk, rows_n, offs_d), mask=kv_mask, other=0.0)
+    k = load_rows(head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_k, start_n, N,
+                  offs_d, d_ok, BLOCK_N, True, DESCRIBED)
+    v = load_rows(head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_v, start_n, N,
+                  offs_d, d_ok, BLOCK_N, True, DESCRIBED)
 
     # The query rows that see any key of [start_n, end_n), and those that see all of them (key rows past
     # kv_len need no care here: each key's dk, dv row depends on that key alone, and they are never stored).
@@ -162,17 +155,17 @@ def attn_bwd_dkdv(
     for g in range(GROUP):  # every query head that reads this KV head
         h = hk * GROUP + g
         bh = b * H + h
-        q_base = head_base(Q, strides_q, b, h)
-        do_base = head_base(DO, strides_do, b, h)
-        lse_base = LSE + bh * M
-        delta_base = DELTA + bh * M
-        ctx = (k, v, q_base, do_base, lse_base, delta_base, strides_q, strides_do, offs_n, offs_d, d_ok)
+        q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        do_rows = head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        ctx = (k, v, q_rows, do_rows, LSE + bh * M, DELTA + bh * M, strides_q, strides_do, offs_n, offs_d, d_ok)
         dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
-                             CAUSAL, WINDOWED, PRECISION, BLOCK_M)
+                             CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
 
     dk = dk * sm_scale
-    tl.store(tile_ptrs(DK, strides_dk, b, hk, rows_n, offs_d), dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(tile_ptrs(DV, strides_dv, b, hk, rows_n, offs_d), dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_rows = head_rows(DK, strides_dk, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    store_rows(dk_rows, strides_dk, start_n, N, offs_d, d_ok, dk.to(DK.dtype.element_ty), BLOCK_N, DESCRIBED)
+    dv_rows = head_rows(DV, strides_dv, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    store_rows(dv_rows, strides_dv, start_n, N, offs_d, d_ok, dv.to(DV.dtype.element_ty), BLOCK_N, DESCRIBED)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,51 +174,52 @@ def attn_bwd_dkdv(
 
 
 @triton.jit
-def _dq_block(state, ctx, offs_n, M, N, W, qk_scale,
-              MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
-    """Accumulate dq of one query block by the key block offs_n; walk_blocks' body."""
+def _dq_block(state, ctx, start_n, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+              WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dq of one query block by the key block [start_n, start_n + BLOCK_N); walk_blocks' body."""
     (dq,) = state
-    q, do, lse, delta, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok = ctx
-    rows = offs_n.to(tl.int64)
+    q, do, lse, delta, k_rows, v_rows, strides_k, strides_v, offs_m, offs_d, d_ok = ctx
+    k = load_rows(k_rows, strides_k, start_n, N, offs_d, d_ok, BLOCK_N, MASK, TMA)
+    v = load_rows(v_rows, strides_v, start_n, N, offs_d, d_ok, BLOCK_N, MASK, TMA)
+    p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
     if MASK:
-        kv_mask = (offs_n < N)[None, :] & d_ok[:, None]
-    else:
-        kv_mask = d_ok[:, None]
-    kt = tl.load(k_base + rows[None, :] * strides_k[2] + offs_d[:, None] * strides_k[3], mask=kv_mask, other=0.0)
-    vt = tl.load(v_base + rows[None, :] * strides_v[2] + offs_d[:, None] * strides_v[3], mask=kv_mask, other=0.0)
-    p = tl.exp2(tl.dot(q, kt, input_precision=PRECISION) * qk_scale - lse[:, None])
-    if MASK:
-        p = tl.where(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED), p, 0.0)
-    dp = tl.dot(do, vt, input_precision=PRECISION)
+        p = tl.where(visible(offs_m, start_n + tl.arange(0, BLOCK_N), M, N, W, CAUSAL, WINDOWED), p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return (dq,)
 
 
-@rt.autotune(DQ_CONFIGS, key=TUNE_KEY, default={"BLOCK_M": 128, "BLOCK_N": 128}, prune=dq_fits)
+@rt.autotune(DQ_CONFIGS, key=TUNE_KEY, default=DQ_DEFAULT, prune=dq_fits)
 @triton.jit
 def attn_bwd_dq(
     Q, K, V, DO, LSE, DELTA, DQ, strides_q, strides_k, strides_v, strides_do, strides_dq,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
+    # that the tuner cached for another call of this key, or that a test forced, stays correct
+    DESCRIBED: tl.constexpr = TMA and TMA_FITS
     # grid: (query blocks, batch * q_heads)
     pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
         H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(tile_ptrs(Q, strides_q, b, h, rows_m, offs_d), mask=q_mask, other=0.0)
-    do = tl.load(tile_ptrs(DO, strides_do, b, h, rows_m, offs_d), mask=q_mask, other=0.0)
+    q = load_rows(head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_q, start_m, M,
+                  offs_d, d_ok, BLOCK_M, True, DESCRIBED)
+    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_do, start_m, M,
+                   offs_d, d_ok, BLOCK_M, True, DESCRIBED)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
-    k_base = head_base(K, strides_k, b, hk)
-    v_base = head_base(V, strides_v, b, hk)
+    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
 
     bounds = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    ctx = (q, do, lse, delta, k_base, v_base, strides_k, strides_v, offs_m, offs_d, d_ok)
-    (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, BLOCK_N)
+    ctx = (q, do, lse, delta, k_rows, v_rows, strides_k, strides_v, offs_m, offs_d, d_ok)
+    (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, DESCRIBED,
+                        BLOCK_N)
     dq = dq * sm_scale
-    tl.store(tile_ptrs(DQ, strides_dq, b, h, rows_m, offs_d), dq.to(DQ.dtype.element_ty), mask=q_mask)
+    dq_rows = head_rows(DQ, strides_dq, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+    store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(DQ.dtype.element_ty), BLOCK_M, DESCRIBED)
