@@ -16,6 +16,10 @@ constexpr of the config:
 * pointers: :func:`head_rows` is the head's base pointer; loads and stores build the tile's addresses from the
   strides and mask rows past the sequence (only where ``MASK``: interior blocks need no row mask) and the padded
   head-dim columns (a constant-true mask for power-of-two head dims, folded away). Any strides, any GPU.
+
+Not warp-specialized: with Triton 3.6 on sm_90, ``tl.range(..., warp_specialize=True)`` on the walk's loops
+changes nothing at 8 warps, and at 4 warps the compiler's NVGPUWarpSpecialization pass fails on a kernel with
+several loops (this walk's three; Triton's own tutorial fails the same way when causal, with two).
 """
 
 import triton
