@@ -182,8 +182,10 @@ GEMMS = [
 ]
 # Configs exempt from HGMMA, and why: tiles under 64 rows, for problems with few rows.
 EXEMPT = {
-    ("attn_fwd", "BM=16 BN=128 w4 s3"): "decode: q_len <= 16 (the prune rule keeps it for short queries only)",
-    ("attn_fwd", "BM=16 BN=64 w4 s2"): "decode at head dim 256",
+    ("attn_fwd", "BM=16 BN=128 TMA=1 w4 s2"): "decode: q_len <= 16 (the prune rule keeps it for short queries only)",
+    ("attn_fwd", "BM=16 BN=128 TMA=0 w4 s2"): "decode: q_len <= 16 (the prune rule keeps it for short queries only)",
+    ("attn_fwd", "BM=16 BN=64 TMA=1 w4 s2"): "decode at head dim 256",
+    ("attn_fwd", "BM=16 BN=64 TMA=0 w4 s2"): "decode at head dim 256",
     ("gemm", "BM=32 BN=64 BK=32 GROUP_M=8 EPI_N=64 TMA=0 PERSISTENT=0 w4 s4"): "a few tokens (decode): 32-row tiles",
     ("gemm", "BM=32 BN=64 BK=32 GROUP_M=8 EPI_N=64 TMA=1 PERSISTENT=0 w4 s4"): "a few tokens (decode): 32-row tiles",
 }
