@@ -44,7 +44,9 @@ def _union(lists) -> list[str]:
 
 def main(argv=None):
     specs = all_specs()
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description="Measure ops against their peers: timed on a GPU, counted and modeled without one.",
+    parser = argparse.ArgumentParser(prog="python -m sweeps",
+                                     description="Measure ops against their peers: timed on a GPU, counted and "
+                                                 "modeled without one.",
                                      epilog=_epilog(specs), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ops", nargs="+", help=f"'all' or any of: {', '.join(specs)}")
     parser.add_argument("--out", type=Path, help="CSV to append to (and resume from); default out/<op>-<backend>.csv")

@@ -201,10 +201,8 @@ def _scale(launch: Launch) -> None:
         launch.bytes_written = round(launch.bytes_written * factor)
 
 
-
 def _true(mask) -> int:
-    """How many elements a load or store mask lets through: a TensorHandle's array, or (a tensor descriptor's
-    load or store, which passes its bounds mask straight on) a bare numpy array."""
+    """Elements a mask lets through: a TensorHandle's array, or a descriptor load/store's bare numpy array."""
     return int(np.count_nonzero(mask if isinstance(mask, np.ndarray) else mask.data))
 
 
@@ -384,8 +382,8 @@ def count(*, sample: int | None = None, seconds: float | None = None, exact=(), 
 
     ``sample``: run at most this many programs of a launch and scale (see the module doc); ``seconds``: a sampled
     launch also stops once it has run two programs and this long (the spread of the sample holds for any prefix of
-    it); ``exact``: names of kernels that always run whole. Triton kernels are counted only under the interpreter: on a GPU they are
-    compiled and nothing executes op by op where it could be counted, so there ``count()`` refuses unless
+    it); ``exact``: names of kernels that always run whole. Triton kernels are counted only under the interpreter:
+    on a GPU they are compiled and nothing executes op by op where it could be counted, so ``count()`` refuses unless
     ``torch_only=True`` says the block runs PyTorch code alone.
     """
     from .. import _runtime as rt
