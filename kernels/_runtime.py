@@ -64,6 +64,50 @@ if GPU and not INTERPRET and not COMPILE_ONLY:
     triton.set_allocator(_descriptor_scratch)
 
 
+def _tf32(x, round_to_nearest: bool):
+    """fp32 array -> the TF32 values an H100's tensor cores see: the top 10 mantissa bits, rounded to nearest
+    (ties away, ``cvt.rna.tf32.f32``) or truncated (what the MMA does with the remaining bits of an fp32 operand).
+    Infinities and NaNs pass unchanged."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    if round_to_nearest:
+        bits = bits + np.uint32(0x1000)
+    out = (bits & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isfinite(x), out, x)
+
+
+def _emulate_tf32_dots():
+    """The interpreter's ``tl.dot`` multiplies fp32 operands in full fp32 whatever ``input_precision`` says; on a
+    GPU "tf32" truncates them to TF32 and "tf32x3" (``kernels/common/precision.py``) adds the products of the
+    TF32 remainders, as Triton's F32DotTC pass lowers it: ``hi = rna(a)``, ``lo = a - hi`` (truncated by the
+    MMA), ``hi_a·lo_b + lo_a·hi_b + hi_a·hi_b``. Emulated here, so CPU tests check what a GPU computes."""
+    import numpy as np
+    from triton.runtime import interpreter as interp
+
+    dot = interp.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        mode = str(input_precision).rsplit(".", 1)[-1]
+        if mode in ("TF32", "TF32x3") and a.dtype.scalar.name == "fp32" and b.dtype.scalar.name == "fp32":
+            ad, bd, acc = a.data, b.data, d.data
+            if mode == "TF32":
+                acc = acc + np.matmul(_tf32(ad, False), _tf32(bd, False), dtype=np.float32)
+            else:
+                a_hi, b_hi = _tf32(ad, True), _tf32(bd, True)
+                a_lo, b_lo = _tf32(ad - a_hi, False), _tf32(bd - b_hi, False)
+                acc = acc + (np.matmul(a_hi, b_lo, dtype=np.float32) + np.matmul(a_lo, b_hi, dtype=np.float32))
+                acc = acc + np.matmul(a_hi, b_hi, dtype=np.float32)
+            return interp.TensorHandle(acc.astype(np.float32), d.dtype.scalar)
+        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    interp.InterpreterBuilder.create_dot = create_dot
+
+
+if INTERPRET:
+    _emulate_tf32_dots()
+
+
 def tma_ok(*tensors: torch.Tensor) -> bool:
     """Whether TMA can load these tensors' tiles: this device has it (sm_90+, or compile-only/interpreter), each
     tensor's last dim is contiguous, its other strides and its start are 16-byte aligned (what a tensor descriptor

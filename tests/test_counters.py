@@ -35,11 +35,11 @@ def _masked_copy(X, Y, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _tile_dot(A, B, C, BLOCK: tl.constexpr):
+def _tile_dot(A, B, C, BLOCK: tl.constexpr, PRECISION: tl.constexpr = "tf32"):
     offs = tl.arange(0, BLOCK)
     a = tl.load(A + offs[:, None] * BLOCK + offs[None, :])
     b = tl.load(B + offs[:, None] * BLOCK + offs[None, :])
-    tl.store(C + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, b))
+    tl.store(C + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, b, input_precision=PRECISION))
 
 
 def test_loads_and_stores_count_only_unmasked_elements():
@@ -58,11 +58,31 @@ def test_a_dot_counts_2mnk_per_call_and_its_input_class():
     out = torch.empty(32, 32)
     with kernels.count() as c:
         _tile_dot[(3,)](a16, b16, out, BLOCK=32)
-        _tile_dot[(1,)](a, b, out, BLOCK=32)
-    fp16, fp32 = c.records
+        _tile_dot[(1,)](a, b, out, BLOCK=32, PRECISION="ieee")
+        _tile_dot[(1,)](a, b, out, BLOCK=32)  # no input_precision: the GPU's default, TF32
+        _tile_dot[(1,)](a, b, out, BLOCK=32, PRECISION="tf32x3")
+    fp16, ieee, tf32, tf32x3 = c.records
     assert dict(fp16.dot_flops) == {"fp16": 3 * 2 * 32**3}
-    assert dict(fp32.dot_flops) == {"fp32-tf32": 2 * 32**3}  # no input_precision: the GPU's default, TF32
-    torch.testing.assert_close(out, a @ b, rtol=1e-4, atol=1e-4)
+    assert dict(ieee.dot_flops) == {"fp32-ieee": 2 * 32**3}
+    assert dict(tf32.dot_flops) == {"fp32-tf32": 2 * 32**3}
+    assert dict(tf32x3.dot_flops) == {"fp32-tf32": 3 * 2 * 32**3}  # three TF32 products per product
+
+
+def test_fp32_dots_are_rounded_as_a_gpu_rounds_them():
+    """The interpreter multiplies fp32 exactly whatever input_precision says; kernels/_runtime.py rounds the
+    operands to TF32 as an H100 does, so "tf32" shows its ~1e-3 error and "tf32x3" its ~1e-7."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g)
+    a[0, 0] = float("nan")  # (an infinite operand becomes NaN in "tf32x3", on a GPU too: its remainder is inf - inf)
+    ref = a.double() @ b.double()
+    error = {}
+    for precision in ("ieee", "tf32", "tf32x3"):
+        out = torch.full((32, 32), float("nan"))
+        _tile_dot[(1,)](a, b, out, BLOCK=32, PRECISION=precision)
+        assert torch.equal(out.isnan(), ref.isnan())
+        error[precision] = ((out.double() - ref)[1:].norm() / ref[1:].norm()).item()
+    assert error["ieee"] < 1e-6 and error["tf32x3"] < 1e-6
+    assert 1e-4 < error["tf32"] < 1e-2  # TF32 keeps 10 mantissa bits: 2^-11 a product, averaged down
 
 
 def test_sampling_scales_uniform_grids_exactly_and_runs_fewer_programs():

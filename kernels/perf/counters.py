@@ -9,7 +9,8 @@ duration of the block:
   type — what the memory system would be asked for, with no credit for caches;
 * ``create_dot``: ``2·M·N·K`` FLOPs per call, whatever the masks said about the tile (a fully masked tile a
   kernel fails to skip costs its full FLOPs: exactly what block skipping saves), by the dtype of the inputs and
-  the requested precision, since an H100 runs them at different rates;
+  the requested precision, since an H100 runs them at different rates (fp32 "tf32x3" executes three TF32
+  products: ``3·2·M·N·K`` TF32 FLOPs);
 * atomics count as a read and a write of each element whose mask is true.
 
 A launch is one grid execution (``GridExecutor.__call__``): its kernel name and its number of programs. Every
@@ -232,10 +233,11 @@ def _install():
             m, k = a.data.shape[-2:]
             n = b.data.shape[-1]
             batch = math.prod(a.data.shape[:-2])
-            name = a.dtype.scalar.name
-            if name == "fp32":  # an fp32 dot runs on the tensor cores only as TF32
-                name = "fp32-ieee" if str(input_precision).lower().endswith("ieee") else "fp32-tf32"
-            launch.dot_flops[name] += 2 * batch * m * n * k
+            name, products = a.dtype.scalar.name, 1
+            if name == "fp32":  # an fp32 dot runs on the tensor cores only as TF32; "tf32x3" as three of them
+                mode = str(input_precision).rsplit(".", 1)[-1].upper()
+                name, products = ("fp32-ieee", 1) if mode == "IEEE" else ("fp32-tf32", 3 if mode == "TF32X3" else 1)
+            launch.dot_flops[name] += products * 2 * batch * m * n * k
         if a.dtype.scalar.name in ("fp16", "bf16") and d.data.dtype == np.float32:
             # numpy has no fast 16-bit matmul: multiply in fp32 instead. Products of 16-bit floats are exact in
             # fp32 and a GPU accumulates them in fp32, so the result is the same, many times sooner.

@@ -27,7 +27,7 @@ import torch
 import triton
 
 from ... import _runtime as rt
-from ...common.precision import dot_precision
+from ...common.precision import attention_dot_precision
 from .kernel import MAX_BLOCK, attn_combine, attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
 
@@ -78,7 +78,7 @@ def _common_args(q, k, causal, window):
     block_d = max(16, triton.next_power_of_2(head_dim))
     return dict(batch=batch, heads=heads, q_len=q_len, kv_len=kv_len, head_dim=head_dim, group=heads // k.shape[1],
                 windowed=windowed, W=int(window) if windowed else 0, block_d=block_d,
-                precision=dot_precision(q.dtype),
+                precision=attention_dot_precision(q.dtype),
                 buckets=(_bucket(q_len), _bucket(kv_len), _bucket(window) if windowed else 0))
 
 

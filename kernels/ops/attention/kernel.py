@@ -45,10 +45,11 @@ Head dims that are not powers of two (1, 24, 80, 96, ...) are padded inside the 
 power of two >= 16 (a ``tl.dot`` operand needs every dim >= 16): the padded columns load as zero (masked, or
 outside the TMA box), which adds nothing to ``q @ k^T``, and are never written. No input is copied.
 
-Precision: every ``tl.dot`` takes ``input_precision=PRECISION`` (``kernels/common/precision.py``: "ieee" for
-fp32, TF32 would cost fp32 its accuracy); fp16/bf16 use the tensor cores with ``p`` (and, in the backward,
-``dS``) rounded to the input dtype for their matmuls (as FlashAttention does); softmax statistics and every
-accumulator are fp32.
+Precision: every ``tl.dot`` takes ``input_precision=PRECISION`` (``kernels/common/precision.py``: "tf32x3" for
+fp32 — three TF32 tensor-core products, ~fp32 accuracy; plain TF32 would cost fp32 its accuracy, and "ieee" FMA
+dots cannot hold a head-dim row per thread without spilling); fp16/bf16 use the tensor cores with ``p`` (and, in
+the backward, ``dS``) rounded to the input dtype for their matmuls (as FlashAttention does); softmax statistics
+and every accumulator are fp32.
 
 Strides: each (batch, heads, seq, head_dim) tensor comes with its four strides as one tuple argument
 (``strides_q = q.stride()``), so any layout is read in place (``blocks.head_rows``). ``blocks.query_block`` is

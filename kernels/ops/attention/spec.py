@@ -176,7 +176,7 @@ def _bad_inputs():
     return tuple(bad)
 
 
-# fp32: ieee dots everywhere; the error is fp32 rounding grown over the reductions (~1e-6).
+# fp32: tf32x3 dots (~2^-21 a product, emulated on the CPU) and fp32 rounding grown over the reductions (~1e-6).
 # fp16: p and dS are rounded to fp16 (2^-11 relative) before their matmuls, as in FlashAttention.
 ATTENTION = OpSpec(
     name="attention",
