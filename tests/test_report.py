@@ -35,8 +35,10 @@ pytestmark = pytest.mark.skipif(rt.GPU, reason="the report compiles for sm_90 he
 
 
 def _report(out: Path, *args) -> pd.DataFrame:
+    # the report's own cache (parsed cubins) starts empty, so the parsers run on every kernel, as on a fresh clone
     proc = subprocess.run([sys.executable, "-m", "kernels.report", *args, "--quiet", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "KERNELS_REPORT_CACHE": str(out.parent / "parsed")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return pd.read_csv(out, keep_default_na=False, na_values=[""])
 
@@ -119,7 +121,7 @@ with sass.catching_ptxas_log() as log:
 kernel.ptxas_log = log.getvalue() or sass.ptxas_log(kernel.asm["ptx"], 90)  # a cache hit ran no ptxas
 open(sys.argv[1], "wb").write(kernel.asm["cubin"])
 open(sys.argv[2], "w").write(kernel.ptxas_log)
-print(json.dumps(sass.analyse(kernel)))
+print(json.dumps(sass.analyse([kernel])[0]))
 """
 
 
@@ -141,6 +143,18 @@ def test_a_spill_is_seen_as_cuobjdump_and_ptxas_see_it(tmp_path):
     assert row["spill_stores"] > 0 and stack > 0  # it does spill, and every reader sees it
     assert (row["stl"], row["ldl"]) == (_sass_count(cubin, "STL"), _sass_count(cubin, "LDL"))
     assert row["stl"] > 0 and row["ldl"] > 0
+
+
+def test_batched_disassembly_gives_each_kernel_its_own_instructions(routing_report):
+    """The report disassembles a job's kernels in one nvdisasm run (``sass.sass_counts``: raw .text sections,
+    instructions split by address); each row's counts are those of its own cubin disassembled alone."""
+    from kernels.report import sass
+
+    rows = routing_report.drop_duplicates("hash").to_dict("records")
+    assert len({r["kernel"] for r in rows}) == 2 and len(rows) > 4  # batches that mixed kernels and configs
+    for row in rows:
+        alone = sass.classify(sass.parse_sass(sass.sass(_cubin(row["kernel"], row["hash"]))))
+        assert {k: row[k] for k in alone} == alone, (row["kernel"], row["config"])
 
 
 def test_rows_for_every_kernel_of_a_small_op(routing_report):

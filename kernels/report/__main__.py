@@ -106,7 +106,7 @@ def markdown(frame) -> str:
     return "\n".join(lines)
 
 
-_COST = {("attention", "fp32"): 10, ("attention", "bf16"): 3, ("mlp", "fp32"): 2, ("moe", "fp32"): 2}  # rough
+_COST = {("attention", "fp32"): 4, ("attention", "bf16"): 3, ("mlp", "fp32"): 2, ("moe", "fp32"): 2}  # rough
 _PLANS: dict = {}  # (op, dtype) -> collect.Plan, made by the light passes before the workers start
 
 

@@ -181,8 +181,23 @@ def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False) -> lis
                     key = (panel, l.kernel.name, l.compiled.hash if l.compiled else l.variant)
                     if l.config == index and key not in done:
                         done.add(key)
-                        rows.append(_row(spec, p, panel, dims, l, from_driver))
-    return rows
+                        rows.append((_row(spec, p, panel, dims, l), l.compiled))
+    return _analysed(rows, from_driver)
+
+
+def _analysed(rows: list, from_driver: bool) -> list[dict]:
+    """``(row, compiled kernel or None)`` pairs -> rows with the cubin's columns, the kernels read in one batch."""
+    compiled = [(row, kernel) for row, kernel in rows if kernel is not None]
+    try:
+        for (row, _), stats in zip(compiled, sass.analyse([k for _, k in compiled], from_driver=from_driver)):
+            row.update(stats)
+    except Exception:  # noqa: BLE001  (one kernel the batch cannot read: read each alone, the culprit gets its error)
+        for row, kernel in compiled:
+            try:
+                row.update(sass.analyse([kernel], from_driver=from_driver)[0])
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"analysis failed: {type(e).__name__}: {e}"[:200]
+    return [row for row, _ in rows]
 
 
 def worker_init(arch: int) -> None:
@@ -207,7 +222,7 @@ def op_rows(spec, dtype_name: str, *, from_driver: bool = False, log=print) -> l
     return finish(spec, p, [r for i in range(p.n_configs) for r in compile_rows(spec, p, i, from_driver=from_driver)])
 
 
-def _row(spec, p: Plan, panel, dims, launch: Launch, from_driver) -> dict:
+def _row(spec, p: Plan, panel, dims, launch: Launch) -> dict:
     tuned = launch.kernel
     kept = p.seen.get((panel, tuned.name, launch.variant), {})
     dropped = [s for s, k in kept.items() if launch.config not in k]
@@ -221,10 +236,6 @@ def _row(spec, p: Plan, panel, dims, launch: Launch, from_driver) -> dict:
     }
     if launch.compiled is not None:
         row["hash"] = launch.compiled.hash
-        try:
-            row.update(sass.analyse(launch.compiled, from_driver=from_driver))
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"analysis failed: {type(e).__name__}: {e}"[:200]
     return row
 
 

@@ -8,6 +8,10 @@
   The log is caught while Triton compiles (:func:`catching_ptxas_log`), else ptxas runs again on the PTX.
 * :func:`parse_sass`: the opcodes of ``nvdisasm -c`` (one SASS instruction a line), counted by base opcode
   (``HGMMA.64x128x16.F32.BF16`` counts as ``HGMMA``); :data:`CLASSES` groups the ones the report shows.
+  nvdisasm spends ~0.3 s starting up whatever the cubin's size, so :func:`sass_counts` disassembles many kernels
+  in one run: their ``.text`` sections concatenated as a raw instruction binary (``nvdisasm -b SM90a``), each
+  instruction given back to its kernel by its address (``tests/test_report.py`` checks it against one run a
+  cubin).
 * :func:`occupancy`: how many warps of the kernel an H100 SM holds, and what limits it (:data:`H100`).
 * :func:`analyse`: all of it for one compiled kernel, cached on disk by the kernel's hash. With a real driver
   (a GPU) registers and local memory come from the loaded kernel (``n_regs``, ``n_spills``) instead.
@@ -15,12 +19,14 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import io
 import json
 import os
 import re
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,10 +43,11 @@ CLASSES = {
     "ldl": ("LDL",),  # local-memory loads: spill reloads
 }
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-fA-F]+\*/\s+(?:@!?U?P[0-9T]+\s+)?([A-Z][A-Z0-9_]*)")
+_ADDRESS = re.compile(r"^\s*/\*([0-9a-fA-F]+)\*/")
 _FUNCTION = re.compile(r"^\s*Function\s+(\S+?):?\s*$")
 _FIELD = re.compile(r"([A-Z_]+(?:\[\d+\])?):(\d+)")
 _PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-_CACHE_VERSION = 2  # bump when static_stats' fields change
+_CACHE_VERSION = 3  # bump when static_stats' fields change
 
 # An H100 SXM (sm_90) multiprocessor, as the CUDA occupancy calculator models it.
 H100 = dict(
@@ -125,6 +132,38 @@ def sass(cubin: bytes) -> str:
     return _run_on_cubin([tool("nvdisasm"), "-c"], cubin)
 
 
+def text_section(cubin: bytes, function: str) -> bytes:
+    """The machine code of ``function`` in an ELF64 cubin: its ``.text.<function>`` section."""
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    # Elf64_Shdr: name, type, flags, addr, offset, size, link, info, addralign, entsize
+    headers = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+    names = headers[shstrndx][4]
+    for h in headers:
+        if cubin[names + h[0]:cubin.index(b"\0", names + h[0])].decode() == f".text.{function}":
+            return cubin[h[4]:h[4] + h[5]]
+    raise ValueError(f"no .text.{function} section in the cubin")
+
+
+def sass_counts(codes: list[bytes], arch: int = 90) -> list[collections.Counter]:
+    """Base-opcode counts of each of ``codes`` (``.text`` sections), from one ``nvdisasm`` run over all of them."""
+    starts, offset = [], 0
+    for code in codes:
+        starts.append(offset)
+        offset += len(code)
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(b"".join(codes))
+        f.flush()
+        text = subprocess.run([tool("nvdisasm"), "-b", f"SM{arch}a" if arch == 90 else f"SM{arch}", f.name],
+                              check=True, capture_output=True, text=True).stdout
+    counts = [collections.Counter() for _ in codes]
+    for line in text.splitlines():
+        if m := _INSTRUCTION.match(line):
+            address = int(_ADDRESS.match(line).group(1), 16)
+            counts[bisect.bisect_right(starts, address) - 1][m.group(1)] += 1
+    return counts
+
+
 def classify(opcodes: collections.Counter) -> dict[str, int]:
     """The report's instruction columns: each class of :data:`CLASSES`, and ``sass`` = every instruction but NOP
     (the padding after the last branch)."""
@@ -156,37 +195,44 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("KERNELS_REPORT_CACHE") or Path(knobs.cache.dir) / "kernels-report")
 
 
-def static_stats(kernel) -> dict:
-    """Resources and instruction counts read from ``kernel``'s cubin, spills from its ptxas log (``kernel.ptxas_log``
-    when the compile was caught, else ptxas again), cached on disk under the kernel's hash."""
-    path = _cache_dir() / f"{kernel.hash}.v{_CACHE_VERSION}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    cubin = kernel.asm["cubin"]
-    usage = res_usage(cubin).get(kernel.metadata.name, {})
-    spills = parse_ptxas_log(getattr(kernel, "ptxas_log", "")) or parse_ptxas_log(
-        ptxas_log(kernel.asm["ptx"], kernel.metadata.target.arch))
-    stats = {"regs": usage.get("REG", 0), "stack": usage.get("STACK", 0), "local": usage.get("LOCAL", 0),
-             "smem_static": usage.get("SHARED", 0), **spills, **classify(parse_sass(sass(cubin)))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats))
-    tmp.replace(path)
+def static_stats(kernels: list) -> list[dict]:
+    """Resources and instruction counts of each compiled kernel read from its cubin, spills from its ptxas log
+    (``kernel.ptxas_log`` when the compile was caught, else ptxas again), cached on disk under the kernel's hash.
+    The kernels not cached yet are disassembled together (:func:`sass_counts`)."""
+    paths = [_cache_dir() / f"{k.hash}.v{_CACHE_VERSION}.json" for k in kernels]
+    stats = [json.loads(p.read_text()) if p.exists() else None for p in paths]
+    todo = [i for i, s in enumerate(stats) if s is None]
+    codes = [text_section(kernels[i].asm["cubin"], kernels[i].metadata.name) for i in todo]
+    arch = kernels[todo[0]].metadata.target.arch if todo else 90
+    for i, opcodes in zip(todo, sass_counts(codes, arch) if todo else []):
+        kernel = kernels[i]
+        usage = res_usage(kernel.asm["cubin"]).get(kernel.metadata.name, {})
+        spills = parse_ptxas_log(getattr(kernel, "ptxas_log", "")) or parse_ptxas_log(
+            ptxas_log(kernel.asm["ptx"], kernel.metadata.target.arch))
+        stats[i] = {"regs": usage.get("REG", 0), "stack": usage.get("STACK", 0), "local": usage.get("LOCAL", 0),
+                    "smem_static": usage.get("SHARED", 0), **spills, **classify(opcodes)}
+        paths[i].parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stats[i]))
+        tmp.replace(paths[i])
     return stats
 
 
-def analyse(kernel, *, from_driver: bool = False) -> dict:
-    """Every per-kernel column of the report for a CompiledKernel.
+def analyse(kernels: list, *, from_driver: bool = False) -> list[dict]:
+    """Every per-kernel column of the report for each of ``kernels`` (CompiledKernels).
 
     ``from_driver`` (a GPU of the target arch is active): load the kernel and take registers and local memory from
     the driver, as Triton does (``n_regs``; ``n_spills`` is the local size in 4-byte words). Otherwise they come
     from ``cuobjdump -res-usage``: the same numbers, read from the cubin."""
-    stats = dict(static_stats(kernel))
-    stats["source"] = "cuobjdump"
-    if from_driver:
-        kernel._init_handles()
-        stats.update(regs=kernel.n_regs, stack=4 * kernel.n_spills, source="driver")
-    md = kernel.metadata
-    stats.update(warps=md.num_warps, stages=md.num_stages, smem=md.shared)
-    stats["occ_warps"], stats["occ_limit"] = occupancy(stats["regs"], md.num_warps, md.shared + stats["smem_static"])
-    return stats
+    out = []
+    for kernel, cached in zip(kernels, static_stats(kernels)):
+        stats = dict(cached, source="cuobjdump")
+        if from_driver:
+            kernel._init_handles()
+            stats.update(regs=kernel.n_regs, stack=4 * kernel.n_spills, source="driver")
+        md = kernel.metadata
+        stats.update(warps=md.num_warps, stages=md.num_stages, smem=md.shared)
+        stats["occ_warps"], stats["occ_limit"] = occupancy(stats["regs"], md.num_warps,
+                                                           md.shared + stats["smem_static"])
+        out.append(stats)
+    return out
