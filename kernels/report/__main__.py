@@ -107,7 +107,7 @@ def markdown(frame) -> str:
 
 
 _COST = {("attention", "fp32"): 4, ("attention", "bf16"): 3, ("mlp", "fp32"): 2, ("moe", "fp32"): 2}  # rough
-_PLANS: dict = {}  # (op, dtype) -> collect.Plan, made by the light passes before the workers start
+_PLANS: dict = {}  # (op, dtype) -> collect.Plan, made by the light passes before the compiling starts
 
 
 
@@ -130,17 +130,29 @@ def main(argv=None) -> int:
         print(f"unknown op(s) {unknown}; known: {list(kernels.OPS)}", file=sys.stderr)
         return 2
     start = time.time()
-    _PLANS.update({(n, d): collect.plan(kernels.OPS[n], d) for n in names for d in args.dtype})  # light passes
-    jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]  # one config index each
+    pairs = [(n, d) for n in names for d in args.dtype]
     if args.jobs > 1 and not real_driver:
         import multiprocessing
 
-        costly = sorted(jobs, key=lambda j: -_COST.get((j[0], j[1]), 1))  # the longest first: workers end together
+        from tqdm import tqdm
+
         # spawn, not fork: a forked child of a process that ran torch's OpenMP threads hangs in its first parallel op
         with multiprocessing.get_context("spawn").Pool(args.jobs, collect.worker_init, (arch,)) as pool:
+            # the light passes in the workers too; then one job a config index, the longest first (workers end
+            # together), reported as each ends
+            _PLANS.update(zip(pairs, pool.starmap(collect.plan_job, pairs, chunksize=1)))
+            jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]
+            costly = sorted(jobs, key=lambda j: -_COST.get((j[0], j[1]), 1))
             work = [(*j, _PLANS[j[:2]]) for j in costly]
-            done = dict(zip(costly, pool.map(collect.compile_job, work, chunksize=1)))
+            done = {}
+            with tqdm(total=len(work), desc="compiling", unit="job", file=sys.stderr, disable=args.quiet) as bar:
+                for job, rows in pool.imap_unordered(collect.keyed_compile_job, work, chunksize=1):
+                    done[job] = rows
+                    bar.set_postfix_str(f"{job[0]} {job[1]} config {job[2]}: {len(rows)} rows", refresh=False)
+                    bar.update()
     else:
+        _PLANS.update({(n, d): collect.plan(kernels.OPS[n], d) for n, d in pairs})
+        jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]
         done = {j: collect.compile_job((*j, _PLANS[j[:2]]), real_driver) for j in jobs}
     rows = [r for (n, d), p in _PLANS.items()
             for r in collect.finish(kernels.OPS[n], p, [r for j in jobs if j[:2] == (n, d) for r in done[j]])]

@@ -216,6 +216,18 @@ def compile_job(job, from_driver: bool = False) -> list[dict]:
     return compile_rows(OPS[name], p, index, from_driver=from_driver)
 
 
+def plan_job(name: str, dtype_name: str) -> Plan:
+    """:func:`plan` in a worker, by op name."""
+    from .. import OPS
+
+    return plan(OPS[name], dtype_name)
+
+
+def keyed_compile_job(job) -> tuple[tuple, list[dict]]:
+    """:func:`compile_job`, answered with the job's (op, dtype, config index)."""
+    return job[:3], compile_job(job)
+
+
 def op_rows(spec, dtype_name: str, *, from_driver: bool = False, log=print) -> list[dict]:
     """The report's rows for one op in one dtype (see the module docstring)."""
     p = plan(spec, dtype_name, log)
