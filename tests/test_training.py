@@ -1,0 +1,124 @@
+"""Training on our kernels: a training step equals Hugging Face's, and packed documents equal separate runs.
+
+For each registered family's first tiny case (``tests/test_models.py`` builds it: random weights, no norm weight at
+1, no bias at 0; OLMoE with 8 experts, top-2, as in ``tests/test_generate.py``), in fp32 on the CPU:
+
+* the training step: ``loss = cross_entropy(model(ids), labels)`` and ``loss.backward()`` on our model and on HF's
+  (eval mode: no dropout) give the same loss and the same gradient for every parameter. HF's gradients are mapped
+  onto our parameters by the family's own loader (``from_checkpoint`` on a "checkpoint" of HF's gradients under
+  HF's parameter names): it transposes GPT-2's Conv1D gradients and stacks OLMoE's experts exactly as it does the
+  weights, it must take every HF gradient (none is left unused, so no HF parameter goes unchecked) and find one
+  for every parameter of ours, and a tied LM head is one parameter on both sides whose gradient sums both uses.
+* packed documents: ``model(ids, cu_seqlens=...)`` over documents laid end to end (positions restart per
+  document, attention never crosses a boundary) gives each document's logits, the loss and the gradients of the
+  documents run one by one.
+
+The error measure is ``||ours - ref|| / max(||ref||, FLOOR * ||every gradient of ref||)``: relative, except that a
+gradient which is zero up to rounding is judged against the whole model's gradient norm. Such gradients exist:
+a key bias adds ``q . b`` to every score of a query's row, which the softmax ignores, so its exact gradient is 0
+and both sides hold rounding noise (~1e-8 against a total of ~4); a plain relative error would divide noise by
+noise. TOL = 1e-4 is the kernels' own fp32 gradient tolerance (attention and layer_norm specs: 1e-4; MLP: 1e-5),
+kept for the whole two-layer chain: measured errors are ~1e-6, while a wrong gradient is off by O(1), and
+``test_a_wrong_weight_fails_the_check`` shows a 1e-3 change of one weight fails it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from kernels import _runtime as rt
+from models._common import Checkpoint, read_config
+
+transformers = pytest.importorskip("transformers")
+from tests.test_generate import loaded, monkeypatch_module  # noqa: E402, F401  (fixtures: each family's first case)
+from tests.test_models import FIRST, _shared  # noqa: E402
+
+DEV = rt.DEVICE
+TOL = 1e-4  # fp32 loss and gradients; see the module docstring
+FLOOR = 1e-3  # a gradient under FLOOR x the whole model's gradient norm is judged against that
+BATCH, SEQ = 2, 8
+
+
+def _trainable(built):
+    """Our model loaded from the case's folder, its parameters requiring grad (``from_pretrained`` freezes them)."""
+    return models.from_pretrained(built.path).requires_grad_(True)
+
+
+def _tokens(built, seed, shape):
+    return torch.randint(0, built.vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _loss(logits, labels):
+    """Mean cross-entropy over every token: logits (batch, seq, vocab), labels (batch, seq)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device))
+
+
+def _hf_grads_as_ours(built, ours) -> dict[str, torch.Tensor]:
+    """HF's parameter gradients under our parameter names, in our layout, read by the family's loader.
+
+    Every HF parameter must have a gradient (in these tiny models every one is used) and the loader must take
+    all of them: an HF parameter no parameter of ours corresponds to fails here, as does one of ours with no HF
+    counterpart (the loader's KeyError names it)."""
+    hf_grads = {name: p.grad for name, p in built.hf.named_parameters()}
+    assert not [name for name, g in hf_grads.items() if g is None], "HF parameters without a gradient"
+    ckpt = Checkpoint(hf_grads, strip=built.family.STRIP, ignore=built.family.IGNORE)
+    as_ours = built.family.from_checkpoint(read_config(built.path), ckpt, "cpu")
+    assert ckpt.unused == [], f"HF gradients no parameter of ours took: {ckpt.unused}"
+    ours_names = [name for name, _ in ours.named_parameters()]
+    assert [name for name, _ in as_ours.named_parameters()] == ours_names
+    return dict(as_ours.named_parameters())
+
+
+def _grad_errors(model, ref: dict[str, torch.Tensor]) -> dict[str, float]:
+    """name -> the error of our gradient against ``ref[name]`` (the measure of the module docstring)."""
+    total = torch.cat([g.detach().double().flatten() for g in ref.values()]).norm().item()
+    errors = {}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        r, g = ref[name].detach().double(), p.grad.detach().double().cpu()
+        errors[name] = ((g - r).norm() / max(r.norm().item(), FLOOR * total)).item()
+    return errors
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _training_step_errors(built, model, ids, labels) -> tuple[float, dict[str, float]]:
+    """One step on both models: (the loss's relative error, each parameter's gradient error)."""
+    built.hf.zero_grad(set_to_none=True)
+    ref_loss = _loss(built.hf(ids).logits, labels)
+    ref_loss.backward()
+    loss = _loss(model(ids.to(DEV)), labels)
+    loss.backward()
+    return _rel(loss, ref_loss), _grad_errors(model, _hf_grads_as_ours(built, model))
+
+
+@pytest.mark.parametrize("name", FIRST)
+def test_training_step_equals_hf(loaded, name):
+    built, _ = loaded(name)
+    model = _trainable(built)
+    hf_tied = built.hf.get_output_embeddings().weight is built.hf.get_input_embeddings().weight
+    assert any("lm_head.weight" in group for group in _shared(model)) == hf_tied  # then one gradient, both uses
+    loss_error, grad_errors = _training_step_errors(built, model, _tokens(built, 1, (BATCH, SEQ)),
+                                                    _tokens(built, 2, (BATCH, SEQ)))
+    worst = max(grad_errors, key=grad_errors.get)
+    print(f"{name}: loss error {loss_error:.1e}, worst gradient {worst} {grad_errors[worst]:.1e}")
+    assert loss_error < TOL
+    assert grad_errors[worst] < TOL, {n: f"{e:.1e}" for n, e in grad_errors.items() if e >= TOL}
+
+
+def test_a_wrong_weight_fails_the_check(loaded):
+    """The check can fail: one weight matrix of ours off by 1e-3 (relative) gives gradient errors far above TOL."""
+    built, _ = loaded(FIRST[0])
+    model = _trainable(built)
+    name = next(n for n, p in model.named_parameters() if p.dim() == 2 and ".0." in n)  # layer 0's first matrix
+    with torch.no_grad():
+        model.get_parameter(name).mul_(1 + 1e-3)
+    _, grad_errors = _training_step_errors(built, model, _tokens(built, 1, (BATCH, SEQ)),
+                                           _tokens(built, 2, (BATCH, SEQ)))
+    assert max(grad_errors.values()) > 10 * TOL
