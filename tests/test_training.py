@@ -24,6 +24,8 @@ kept for the whole two-layer chain: measured errors are ~1e-6, while a wrong gra
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +124,79 @@ def test_a_wrong_weight_fails_the_check(loaded):
     _, grad_errors = _training_step_errors(built, model, _tokens(built, 1, (BATCH, SEQ)),
                                            _tokens(built, 2, (BATCH, SEQ)))
     assert max(grad_errors.values()) > 10 * TOL
+
+
+# ------------------------------------------------------------------------------------------------ packed documents
+
+DOCS = (5, 1, 7, 3)  # 16 tokens: the tiny GPT-2 / OPT position tables hold 16; a document of one token
+
+
+def _cu_seqlens(lengths) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+
+
+@pytest.mark.parametrize("name", FIRST)
+def test_packed_documents_equal_separate_runs(loaded, name):
+    """Documents packed in one row with ``cu_seqlens``: each document's logits, the loss (the mean over every
+    token) and every gradient are those of the documents run one by one (the loss weighting each document's mean
+    by its share of the tokens). Positions restart per document: GPT-2's and OPT's learned tables (OPT's at its
+    offset 2), Persimmon's partial and OLMoE's full RoPE."""
+    built, _ = loaded(name)
+    model = _trainable(built)
+    docs = [_tokens(built, 10 + i, (1, n)) for i, n in enumerate(DOCS)]
+    labels = [_tokens(built, 20 + i, (1, n)) for i, n in enumerate(DOCS)]
+    total = sum(DOCS)
+
+    separate_logits, separate_loss = [], 0.0
+    for doc, doc_labels in zip(docs, labels):
+        logits = model(doc.to(DEV))
+        doc_loss = _loss(logits, doc_labels) * doc.shape[1] / total
+        doc_loss.backward()  # the gradients accumulate over the documents
+        separate_logits.append(logits.detach())
+        separate_loss = separate_loss + doc_loss.detach()
+    separate_grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    logits = model(torch.cat(docs, dim=1).to(DEV), cu_seqlens=_cu_seqlens(DOCS).to(DEV))
+    assert logits.shape == (1, total, built.vocab)
+    loss = _loss(logits, torch.cat(labels, dim=1))
+    loss.backward()
+    grad_errors = _grad_errors(model, separate_grads)
+    worst = max(grad_errors, key=grad_errors.get)
+    print(f"{name} packed: logits error {_rel(logits, torch.cat(separate_logits, 1)):.1e}, loss error "
+          f"{_rel(loss, separate_loss):.1e}, worst gradient {worst} {grad_errors[worst]:.1e}")
+    assert _rel(logits, torch.cat(separate_logits, dim=1)) < TOL
+    assert _rel(loss, separate_loss) < TOL
+    assert grad_errors[worst] < TOL, {n: f"{e:.1e}" for n, e in grad_errors.items() if e >= TOL}
+
+
+def test_packed_documents_with_a_sliding_window(loaded):
+    """A sliding window counts a document's own keys: packed equals separate runs with the same window."""
+    built, _ = loaded(FIRST[0])
+    model = models.from_pretrained(built.path, window=2)
+    docs = [_tokens(built, 30 + i, (1, n)) for i, n in enumerate(DOCS)]
+    with torch.no_grad():
+        packed = model(torch.cat(docs, dim=1).to(DEV), cu_seqlens=_cu_seqlens(DOCS).to(DEV))
+        separate = torch.cat([model(doc.to(DEV)) for doc in docs], dim=1)
+    assert _rel(packed, separate) < TOL
+
+
+def test_packed_documents_bad_arguments(loaded):
+    built, _ = loaded(FIRST[0])
+    model = models.from_pretrained(built.path)
+    ids = _tokens(built, 40, (1, 6)).to(DEV)
+    for bad in ([0, 2, 6], torch.tensor([0, 2, 6.0]), torch.tensor([[0, 6]]), torch.tensor([6])):
+        with pytest.raises(ValueError, match="cu_seqlens must be a 1-D integer tensor"):
+            model(ids, cu_seqlens=bad)
+    for bad in ([1, 6], [0, 5], [0, 7], [0, 3, 3, 6], [0, 4, 2, 6]):  # not from 0, not to the end, empty, backwards
+        with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+            model(ids, cu_seqlens=torch.tensor(bad, dtype=torch.int32, device=DEV))
+    with pytest.raises(ValueError, match="one row"):
+        model(ids.expand(2, -1), cu_seqlens=_cu_seqlens([6]).to(DEV))
+    with pytest.raises(ValueError, match="KV cache"):
+        model(ids, cache=model.new_cache(1, 8), cu_seqlens=_cu_seqlens([6]).to(DEV))
+    # the longest document, not the row, must fit the position table
+    long_row = _tokens(built, 41, (1, model.max_positions + 4)).to(DEV)
+    model(long_row, cu_seqlens=_cu_seqlens([model.max_positions, 4]).to(DEV))
+    with pytest.raises(ValueError, match="document of .* longer than the model's"):
+        model(long_row, cu_seqlens=_cu_seqlens([2, model.max_positions + 2]).to(DEV))
