@@ -150,37 +150,62 @@ class Documents(NamedTuple):
 
     cu_seqlens: torch.Tensor  # (n_docs + 1,) int32 prefix sums: document d is tokens cu_seqlens[d]:cu_seqlens[d+1]
     longest: int  # the longest document's length (the varlen kernel's max_seqlen)
-    positions: torch.Tensor  # (total,) int64: each token's position in its own document, from 0
+    positions: torch.Tensor  # (total,) int64: each token's position (in its own document: from 0 with cu_seqlens)
+    last_position: int  # positions.max()
 
 
-def packed_documents(cu_seqlens, total: int, device) -> Documents:
-    """Check ``cu_seqlens`` (``(n_docs + 1,)`` integer prefix sums: 0, then each document's end, the last one
-    ``total``; every document at least one token) and derive each token's position within its document."""
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point() \
-            or cu_seqlens.dtype == torch.bool or cu_seqlens.shape[0] < 2:
-        raise ValueError(f"cu_seqlens must be a 1-D integer tensor of n_docs + 1 >= 2 prefix sums, got "
-                         f"{cu_seqlens!r}")
-    bounds = cu_seqlens.to(device=device, dtype=torch.long)
-    lengths = bounds.diff()
-    # one host read for the checks and the varlen kernel's max_seqlen (packed batches are for training, where
-    # the loader knows them anyway)
-    first, last, shortest, longest = torch.stack([bounds[0], bounds[-1], lengths.min(), lengths.max()]).tolist()
-    if first != 0 or last != total or shortest < 1:
-        raise ValueError(f"cu_seqlens must start at 0, end at the {total} packed tokens and grow by at least 1 per "
-                         f"document, got {cu_seqlens.tolist()}")
-    token = torch.arange(total, device=device)
-    document = torch.searchsorted(bounds[1:], token, right=True)  # the document each token belongs to
-    return Documents(bounds.to(torch.int32), longest, token - bounds[document])
+def packed_documents(total: int, device, cu_seqlens=None, position_ids=None) -> Documents:
+    """The documents of a packed row of ``total`` tokens, given by one of:
+
+    ``cu_seqlens``: ``(n_docs + 1,)`` integer prefix sums, 0, then each document's end, the last one ``total``
+    (every document at least one token); each token's position counts from 0 in its document.
+    ``position_ids``: ``(1, total)`` or ``(total,)``, HF's convention for packed rows (its
+    ``DataCollatorWithFlattening``, its ``find_packed_sequence_indices``): a document starts wherever a position
+    is not the previous one + 1, and the positions are used as given.
+
+    One host read, for the checks and the varlen kernel's ``max_seqlen``."""
+    if (cu_seqlens is None) == (position_ids is None):
+        raise ValueError("packed documents take cu_seqlens or position_ids, not both")
+    if cu_seqlens is not None:
+        if not _integer_tensor(cu_seqlens) or cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must be a 1-D integer tensor of n_docs + 1 >= 2 prefix sums, got "
+                             f"{cu_seqlens!r}")
+        bounds = cu_seqlens.to(device=device, dtype=torch.long)
+        lengths = bounds.diff()
+        first, last, shortest, longest = torch.stack([bounds[0], bounds[-1], lengths.min(), lengths.max()]).tolist()
+        if first != 0 or last != total or shortest < 1:
+            raise ValueError(f"cu_seqlens must start at 0, end at the {total} packed tokens and grow by at least 1 "
+                             f"per document, got {cu_seqlens.tolist()}")
+        token = torch.arange(total, device=device)
+        document = torch.searchsorted(bounds[1:], token, right=True)  # the document each token belongs to
+        return Documents(bounds.to(torch.int32), longest, token - bounds[document], longest - 1)
+    if not _integer_tensor(position_ids) or position_ids.shape not in ((total,), (1, total)):
+        raise ValueError(f"position_ids must be an integer tensor of shape (1, {total}) or ({total},) like the "
+                         f"packed input_ids, got {position_ids!r}")
+    pos = position_ids.to(device=device, dtype=torch.long).reshape(total)
+    starts = torch.ones(total, dtype=torch.bool, device=device)
+    starts[1:] = pos.diff() != 1
+    bounds = torch.cat([starts.nonzero().flatten(), torch.tensor([total], device=device)])
+    smallest, last_position, longest = torch.stack([pos.min(), pos.max(), bounds.diff().max()]).tolist()
+    if smallest < 0:
+        raise ValueError(f"position_ids must be >= 0, got {position_ids.tolist()}")
+    return Documents(bounds.to(torch.int32), longest, pos, last_position)
+
+
+def _integer_tensor(t) -> bool:
+    return isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
 
 
 class CausalLM(nn.Module):
-    """Base of every model: ``forward(input_ids, cache=None, *, cu_seqlens=None) -> logits`` and :meth:`generate`.
+    """Base of every model: ``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` and :meth:`generate`.
 
     ``forward``: ``input_ids (batch, seq)`` -> logits ``(batch, seq, vocab)``, differentiable (``from_pretrained``
     freezes the weights: ``model.requires_grad_(True)`` to train). ``cu_seqlens``: ``input_ids`` of shape
     ``(1, total)`` holds documents laid end to end, ``cu_seqlens`` their int32 prefix sums ``(n_docs + 1,)``
     (``[0, len_0, len_0 + len_1, ..., total]``): each document's positions count from 0 and its tokens attend
     only to its own (``kernels.attention_varlen``), so its logits are those of the document run alone.
+    ``position_ids`` ``(1, total)`` instead: HF's packed rows, a document starting wherever a position is not the
+    previous one + 1 (positions as given).
 
     Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
     ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
@@ -192,8 +217,9 @@ class CausalLM(nn.Module):
     eos_token_id: list[int] = []  # assigned per model by from_pretrained, never mutated
     pad_token_id: int | None = None
 
-    def check_ids(self, input_ids, cache, cu_seqlens=None) -> Documents | None:
-        """Check a forward's inputs; with ``cu_seqlens`` (packed documents) return their :class:`Documents`."""
+    def check_ids(self, input_ids, cache, cu_seqlens=None, position_ids=None) -> Documents | None:
+        """Check a forward's inputs; for packed documents (``cu_seqlens`` or ``position_ids``) return their
+        :class:`Documents`."""
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids (batch, seq), got "
                             f"{type(input_ids).__name__}")
@@ -205,20 +231,20 @@ class CausalLM(nn.Module):
             raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
-        if cu_seqlens is None:
+        if cu_seqlens is None and position_ids is None:
             end = input_ids.shape[1] + (cache.length if cache is not None else 0)
             if self.max_positions is not None and end > self.max_positions:
                 raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} "
                                  f"positions")
             return None
         if cache is not None:
-            raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache")
+            raise ValueError("packed documents (cu_seqlens, position_ids) cannot be combined with a KV cache")
         if input_ids.shape[0] != 1:
-            raise ValueError(f"packed documents (cu_seqlens) come as one row, input_ids of shape (1, total), got "
-                             f"{tuple(input_ids.shape)}")
-        docs = packed_documents(cu_seqlens, input_ids.shape[1], input_ids.device)
-        if self.max_positions is not None and docs.longest > self.max_positions:
-            raise ValueError(f"a packed document of {docs.longest} tokens is longer than the model's "
+            raise ValueError(f"packed documents (cu_seqlens, position_ids) come as one row, input_ids of shape "
+                             f"(1, total), got {tuple(input_ids.shape)}")
+        docs = packed_documents(input_ids.shape[1], input_ids.device, cu_seqlens, position_ids)
+        if self.max_positions is not None and docs.last_position >= self.max_positions:
+            raise ValueError(f"a packed document reaches position {docs.last_position}: longer than the model's "
                              f"{self.max_positions} positions")
         return docs
 
@@ -313,8 +339,8 @@ class RotaryLM(CausalLM):
         self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, kv_heads, c.hidden // c.heads
 
-    def forward(self, input_ids, cache=None, *, cu_seqlens=None):
-        docs = self.check_ids(input_ids, cache, cu_seqlens)
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
         pos = docs.positions if docs is not None else positions(cache, input_ids.shape[1], input_ids.device)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:

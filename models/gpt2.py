@@ -112,8 +112,8 @@ class GPT2(CausalLM):
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.heads, c.hidden // c.heads
         self.max_positions = c.positions
 
-    def forward(self, input_ids, cache=None, *, cu_seqlens=None):
-        docs = self.check_ids(input_ids, cache, cu_seqlens)
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
         pos = docs.positions if docs is not None else positions(cache, input_ids.shape[1], input_ids.device)
         x = self.wte(input_ids) + self.wpe(pos)
         for block in self.h:

@@ -111,8 +111,8 @@ class OPT(CausalLM):
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.heads, c.hidden // c.heads
         self.max_positions = c.positions
 
-    def forward(self, input_ids, cache=None, *, cu_seqlens=None):
-        docs = self.check_ids(input_ids, cache, cu_seqlens)
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
         x = self.embed_tokens(input_ids)
         if self.project_in is not None:
             x = self.project_in(x)

@@ -135,17 +135,30 @@ def _cu_seqlens(lengths) -> torch.Tensor:
     return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
 
 
+def _packed_mask(lengths) -> torch.Tensor:
+    """HF's 4-D additive mask (1, 1, total, total) for documents of ``lengths`` packed in one row: causal within a
+    document, nothing across. (HF's own packing from restarting ``position_ids`` is not in every family: its OPT
+    ignores them for the mask.)"""
+    document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    i, j = torch.arange(len(document))[:, None], torch.arange(len(document))[None, :]
+    allowed = (document[:, None] == document[None, :]) & (j <= i)
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
+
+
 @pytest.mark.parametrize("name", FIRST)
-def test_packed_documents_equal_separate_runs(loaded, name):
+def test_packed_documents_equal_separate_runs_and_hf(loaded, name):
     """Documents packed in one row with ``cu_seqlens``: each document's logits, the loss (the mean over every
     token) and every gradient are those of the documents run one by one (the loss weighting each document's mean
-    by its share of the tokens). Positions restart per document: GPT-2's and OPT's learned tables (OPT's at its
-    offset 2), Persimmon's partial and OLMoE's full RoPE."""
+    by its share of the tokens), and those of HF's model on the same packed row (HF marks documents by
+    ``position_ids`` that restart). Positions restart per document: GPT-2's and OPT's learned tables (OPT's at
+    its offset 2), Persimmon's partial and OLMoE's full RoPE. ``position_ids`` in place of ``cu_seqlens`` (HF's
+    convention) give the same logits."""
     built, _ = loaded(name)
     model = _trainable(built)
     docs = [_tokens(built, 10 + i, (1, n)) for i, n in enumerate(DOCS)]
     labels = [_tokens(built, 20 + i, (1, n)) for i, n in enumerate(DOCS)]
-    total = sum(DOCS)
+    packed_ids, packed_labels, total = torch.cat(docs, dim=1), torch.cat(labels, dim=1), sum(DOCS)
+    position_ids = torch.cat([torch.arange(n) for n in DOCS])[None]  # (1, total)
 
     separate_logits, separate_loss = [], 0.0
     for doc, doc_labels in zip(docs, labels):
@@ -154,20 +167,29 @@ def test_packed_documents_equal_separate_runs(loaded, name):
         doc_loss.backward()  # the gradients accumulate over the documents
         separate_logits.append(logits.detach())
         separate_loss = separate_loss + doc_loss.detach()
+    separate_logits = torch.cat(separate_logits, dim=1)
     separate_grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    logits = model(torch.cat(docs, dim=1).to(DEV), cu_seqlens=_cu_seqlens(DOCS).to(DEV))
+    logits = model(packed_ids.to(DEV), cu_seqlens=_cu_seqlens(DOCS).to(DEV))
     assert logits.shape == (1, total, built.vocab)
-    loss = _loss(logits, torch.cat(labels, dim=1))
+    loss = _loss(logits, packed_labels)
     loss.backward()
-    grad_errors = _grad_errors(model, separate_grads)
-    worst = max(grad_errors, key=grad_errors.get)
-    print(f"{name} packed: logits error {_rel(logits, torch.cat(separate_logits, 1)):.1e}, loss error "
-          f"{_rel(loss, separate_loss):.1e}, worst gradient {worst} {grad_errors[worst]:.1e}")
-    assert _rel(logits, torch.cat(separate_logits, dim=1)) < TOL
-    assert _rel(loss, separate_loss) < TOL
-    assert grad_errors[worst] < TOL, {n: f"{e:.1e}" for n, e in grad_errors.items() if e >= TOL}
+    built.hf.zero_grad(set_to_none=True)
+    hf_logits = built.hf(packed_ids, attention_mask=_packed_mask(DOCS), position_ids=position_ids).logits
+    _loss(hf_logits, packed_labels).backward()
+
+    errors = {"logits vs separate": _rel(logits, separate_logits), "loss vs separate": _rel(loss, separate_loss),
+              "logits vs HF": _rel(logits, hf_logits)}
+    for ref_name, ref in (("separate", separate_grads), ("HF", _hf_grads_as_ours(built, model))):
+        grad_errors = _grad_errors(model, ref)
+        worst = max(grad_errors, key=grad_errors.get)
+        errors[f"worst gradient vs {ref_name} ({worst})"] = grad_errors[worst]
+    with torch.no_grad():
+        errors["logits by position_ids"] = _rel(model(packed_ids.to(DEV), position_ids=position_ids.to(DEV)),
+                                                logits)
+    print(f"{name} packed: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) < TOL, errors
 
 
 def test_packed_documents_with_a_sliding_window(loaded):
@@ -195,8 +217,13 @@ def test_packed_documents_bad_arguments(loaded):
         model(ids.expand(2, -1), cu_seqlens=_cu_seqlens([6]).to(DEV))
     with pytest.raises(ValueError, match="KV cache"):
         model(ids, cache=model.new_cache(1, 8), cu_seqlens=_cu_seqlens([6]).to(DEV))
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, cu_seqlens=_cu_seqlens([6]).to(DEV), position_ids=torch.arange(6, device=DEV))
+    for bad in (torch.arange(5), torch.arange(6.0), torch.arange(6)[None].expand(2, -1), torch.arange(-1, 5)):
+        with pytest.raises(ValueError, match="position_ids must be"):
+            model(ids, position_ids=bad.to(DEV))
     # the longest document, not the row, must fit the position table
     long_row = _tokens(built, 41, (1, model.max_positions + 4)).to(DEV)
     model(long_row, cu_seqlens=_cu_seqlens([model.max_positions, 4]).to(DEV))
-    with pytest.raises(ValueError, match="document of .* longer than the model's"):
+    with pytest.raises(ValueError, match="packed document reaches position .* longer than the model's"):
         model(long_row, cu_seqlens=_cu_seqlens([2, model.max_positions + 2]).to(DEV))
