@@ -3,6 +3,8 @@ through them (``fullgraph=True``: no graph break), and the public functions (``k
 call them.
 
     torch.ops.playground.attention(q, k, v, causal, window, scale)        -> (out, lse)
+    torch.ops.playground.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                          window, scale)                  -> (out, lse)
     torch.ops.playground.layer_norm(x, weight, bias, eps)                 -> (y, mean, rstd)
     torch.ops.playground.rms_norm(x, weight, eps)                         -> (y, rstd)
     torch.ops.playground.partial_rope(x, positions, rotary_dim, theta, inverse=False)       -> y
@@ -10,7 +12,7 @@ call them.
     torch.ops.playground.mlp(x, w_in, b_in, w_out, b_out, activation, grads)   -> (y, a, h)
     torch.ops.playground.topk_routing(logits, k, normalize)               -> (weights, ids)
     torch.ops.playground.moe(x, router_weight, gate_up, down, k, normalize)  -> out
-    backward ops: attention_backward, norm_backward, mlp_backward, topk_routing_backward
+    backward ops: attention_backward, attention_varlen_backward, norm_backward, mlp_backward, topk_routing_backward
 
 Each op returns its result first, then what its backward reads (the attention's log-sum-exp, the norms' row
 statistics, the MLP's activation ``a`` and pre-activation ``h``), marked non-differentiable; ``kernels.<op>``
@@ -45,6 +47,7 @@ from torch import Tensor
 
 from . import _runtime as rt
 from .ops.attention import api as attention_api
+from .ops.attention import varlen as attention_varlen_api
 from .ops.layer_norm import api as norm_api
 from .ops.mlp import api as mlp_api
 from .ops.mlp.kernel import ACTIVATIONS
@@ -140,6 +143,43 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Optional[i
 def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
                    window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
     return attention_api._backward(q, k, v, out, lse, dout, causal, window, scale)
+
+
+# ------------------------------------------------------------------------------------------------ attention, varlen
+
+
+def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale):
+    return attention_api._empty_like_layout(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+def _attention_varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, *args = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_q, cu_k)
+    ctx.args = tuple(args)
+    _extras_are_not_differentiable(ctx, output[1:])
+
+
+def _attention_varlen_backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 10
+    dq, dk, dv = torch.ops.playground.attention_varlen_backward(dout, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, *(None,) * 7
+
+
+@_op("attention_varlen", _attention_varlen_fake, _attention_varlen_setup, _attention_varlen_backward)
+def _attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+                      max_seqlen_k: int, causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor]:
+    return attention_varlen_api.varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                               causal, window, scale)
+
+
+@_op("attention_varlen_backward",
+     lambda dout, q, k, v, *_: tuple(attention_api._empty_like_layout(t) for t in (q, k, v)))
+def _attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                          cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                          causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return attention_varlen_api.varlen_backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                max_seqlen_k, causal, window, scale)
 
 
 # ------------------------------------------------------------------------------------------------ norms
@@ -336,6 +376,14 @@ def attention(q, k, v, *, causal=True, window=None, scale=None):
     return torch.ops.playground.attention(q, k, v, causal, window, scale)[0]
 
 
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
+                     window=None, scale=None):
+    args = attention_varlen_api.prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                        window, scale)
+    cu_q, cu_k, max_q, max_k, scale = args
+    return torch.ops.playground.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale)[0]
+
+
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     norm_api._check(x, weight, bias, eps)
     return x.clone() if x.numel() == 0 else torch.ops.playground.layer_norm(x, weight, bias, float(eps))[0]
@@ -384,7 +432,8 @@ def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
     return torch.ops.playground.moe(x, router_weight, gate_up, down, k, bool(normalize))
 
 
-for _public, _api in ((attention, attention_api.attention), (layer_norm, norm_api.layer_norm),
+for _public, _api in ((attention, attention_api.attention),
+                      (attention_varlen, attention_varlen_api.attention_varlen), (layer_norm, norm_api.layer_norm),
                       (rms_norm, norm_api.rms_norm), (partial_rope, rope_api.partial_rope),
                       (partial_rope_qk, rope_api.partial_rope_qk), (mlp, mlp_api.mlp),
                       (squared_relu_mlp, mlp_api.squared_relu_mlp), (topk_routing, routing_api.topk_routing),

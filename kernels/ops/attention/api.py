@@ -95,10 +95,10 @@ def _forward(q, k, v, causal, window, scale, num_splits=None):
     else:
         o_part, lse_part = o, lse  # unused
     attn_fwd[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H, splits)](
-        q, k, v, o, lse, o_part, lse_part,
+        q, k, v, o, lse, o_part, lse_part, None, None,
         q.stride(), k.stride(), v.stride(), o.stride(),
         H, M, N, a["group"], a["W"], scale * LOG2E, split_len, *a["buckets"],
-        D, a["block_d"], causal, a["windowed"], split, a["precision"], rt.tma_ok(q, k, v, o),
+        D, a["block_d"], causal, a["windowed"], split, False, a["precision"], rt.tma_ok(q, k, v, o),
     )
     if split:
         attn_combine[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
@@ -117,14 +117,14 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     )
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
-            D, a["block_d"], causal, a["windowed"], a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
+            D, a["block_d"], causal, a["windowed"], False, a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
-        q, k, v, do, lse, delta, dk, dv,
+        q, k, v, do, lse, delta, dk, dv, None, None,
         q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),
         H, M, N, *tail,
     )
     attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq,
+        q, k, v, do, lse, delta, dq, None, None,
         q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
         H, M, N, *tail,
     )
