@@ -21,8 +21,9 @@ from kernels import _runtime as rt
 from kernels.library import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
-OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm", "norm_backward", "partial_rope",
-       "partial_rope_qk", "mlp", "mlp_backward", "topk_routing", "topk_routing_backward", "moe")
+OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",
+       "norm_backward", "partial_rope", "partial_rope_qk", "mlp", "mlp_backward", "topk_routing",
+       "topk_routing_backward", "moe", "moe_backward")
 
 
 def _randn(*shape, grad=False, scale=1.0, seed=0):
@@ -73,9 +74,13 @@ def _op_inputs(name):
     if name == "topk_routing_backward":
         weights, ids = torch.ops.playground.topk_routing(logits, 4, False)
         return (torch.randn_like(weights), logits, ids, False)
+    moe_args = (_randn(7, 24, grad=True), _randn(8, 24, grad=True, scale=0.2), _randn(8, 32, 24, grad=True, scale=0.2),
+                _randn(8, 24, 16, grad=True, scale=0.2), 3, True)
+    if name == "moe_backward":
+        out, *saved = torch.ops.playground.moe(*moe_args, True)
+        return (torch.randn_like(out), *moe_args[:4], *saved, 3, True, [True, True, True, True])
     assert name == "moe"
-    return (_randn(7, 24), _randn(8, 24, scale=0.2), _randn(8, 32, 24, scale=0.2), _randn(8, 24, 16, scale=0.2), 3,
-            False)
+    return (*moe_args, True)
 
 
 def test_every_op_is_registered():

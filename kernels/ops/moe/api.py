@@ -336,9 +336,10 @@ def _backward(dout, x, router_weight, gate_up, down, saved: Saved, k, normalize,
 def _weight_grad(left, right, dw, s: Saved, k, *, l_by_token, r_by_token):
     """dw[e] = sum over expert e's rows of left[row]^T right[row] (``moe_weight_grad``); dw: (E, n, c)."""
     n_experts, n_dim, c_dim = dw.shape
-    moe_weight_grad[lambda meta: (n_experts * triton.cdiv(n_dim, meta["BLOCK_N"])
+    per_program = triton.cdiv(n_experts, 4) if rt.INTERPRET else 1  # see moe_weight_grad's grid
+    moe_weight_grad[lambda meta: (triton.cdiv(n_experts, per_program) * triton.cdiv(n_dim, meta["BLOCK_N"])
                                   * triton.cdiv(c_dim, meta["BLOCK_C"]),)](
-        left, right, dw, s.sorted_pairs, s.offsets, s.counts, s.top_w, n_dim, c_dim, k,
+        left, right, dw, s.sorted_pairs, s.offsets, s.counts, s.top_w, n_experts, n_dim, c_dim, k, per_program,
         left.stride(0), left.stride(1), right.stride(0), right.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
         L_BY_TOKEN=l_by_token, R_BY_TOKEN=r_by_token, PRECISION=dot_precision(left.dtype),
     )

@@ -166,7 +166,7 @@ WEIGHT_GRAD_CONFIGS, WEIGHT_GRAD_FMA = _configs(
 @triton.jit
 def moe_weight_grad(
     L, R, DW, SortedPairs, Offsets, Counts, RouteW,
-    n_dim, c_dim, top_k,
+    n_experts, n_dim, c_dim, top_k, experts_per_program,
     stride_lm, stride_ln, stride_rm, stride_rc, stride_we, stride_wn, stride_wc,
     L_BY_TOKEN: tl.constexpr, R_BY_TOKEN: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
@@ -175,38 +175,44 @@ def moe_weight_grad(
 
     A row r of the sorted layout is pair p = SortedPairs[r], token p // k. ``L_BY_TOKEN``: L is token-major
     (tokens, n_dim) and row r reads L[token] * RouteW[p] (dout, for ddown); else L is (rows, n_dim) in sorted
-    order. ``R_BY_TOKEN`` likewise for R (x, for dgate_up; never scaled). Grid: E * tiles of (n_dim, c_dim).
+    order. ``R_BY_TOKEN`` likewise for R (x, for dgate_up; never scaled).
+
+    Grid: cdiv(E, experts_per_program) * tiles of (n_dim, c_dim); a program does its tile for
+    ``experts_per_program`` consecutive experts in turn (1 on a GPU, where programs are cheap and parallel; a
+    few experts a program under the interpreter, where every program, empty experts' too, costs a Python run).
     """
     n_tiles_n = tl.cdiv(n_dim, BLOCK_N)
     n_tiles_c = tl.cdiv(c_dim, BLOCK_C)
-    per_expert = n_tiles_n * n_tiles_c
+    per_group = n_tiles_n * n_tiles_c
     pid = tl.program_id(0)
-    e = pid // per_expert  # consecutive programs share an expert: its rows of L and R stay in L2
-    tile = pid % per_expert
+    e0 = (pid // per_group) * experts_per_program  # consecutive programs share experts: their rows stay in L2
+    tile = pid % per_group
     pid_n = tile % n_tiles_n  # n fastest: programs in flight share the R (BLOCK_M, BLOCK_C) tiles
     pid_c = tile // n_tiles_n
-    start = tl.load(Offsets + e)
-    count = tl.load(Counts + e)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     n_ok = ns < n_dim
     c_ok = cs < c_dim
-    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    for m0 in range(0, count, BLOCK_M):  # the expert's rows in order: a fixed summation order
-        ms = m0 + tl.arange(0, BLOCK_M)
-        m_ok = ms < count
-        rows = start + ms
-        pair = tl.load(SortedPairs + rows, mask=m_ok, other=0)
-        tok64 = (pair // top_k).to(tl.int64)
-        l_rows = tok64 if L_BY_TOKEN else rows.to(tl.int64)
-        r_rows = tok64 if R_BY_TOKEN else rows.to(tl.int64)
-        lt = tl.load(L + l_rows[:, None] * stride_lm + ns[None, :] * stride_ln, mask=m_ok[:, None] & n_ok[None, :],
-                     other=0.0)
-        if L_BY_TOKEN:
-            w = tl.load(RouteW + pair, mask=m_ok, other=0.0)
-            lt = (lt.to(tl.float32) * w[:, None]).to(L.dtype.element_ty)
-        rt_ = tl.load(R + r_rows[:, None] * stride_rm + cs[None, :] * stride_rc, mask=m_ok[:, None] & c_ok[None, :],
-                      other=0.0)
-        acc = tl.dot(tl.trans(lt), rt_, acc, input_precision=PRECISION)
-    tl.store(DW + e.to(tl.int64) * stride_we + ns[:, None] * stride_wn + cs[None, :] * stride_wc,
-             acc.to(DW.dtype.element_ty), mask=n_ok[:, None] & c_ok[None, :])
+    for e in range(e0, tl.minimum(e0 + experts_per_program, n_experts)):
+        start = tl.load(Offsets + e)
+        count = tl.load(Counts + e)
+        acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        for m0 in range(0, count, BLOCK_M):  # the expert's rows in order: a fixed summation order
+            ms = m0 + tl.arange(0, BLOCK_M)
+            m_ok = ms < count
+            rows = start + ms
+            pair = tl.load(SortedPairs + rows, mask=m_ok, other=0)
+            tok64 = (pair // top_k).to(tl.int64)
+            l_rows = tok64 if L_BY_TOKEN else rows.to(tl.int64)
+            r_rows = tok64 if R_BY_TOKEN else rows.to(tl.int64)
+            lt = tl.load(L + l_rows[:, None] * stride_lm + ns[None, :] * stride_ln,
+                         mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+            if L_BY_TOKEN:
+                w = tl.load(RouteW + pair, mask=m_ok, other=0.0)
+                lt = (lt.to(tl.float32) * w[:, None]).to(L.dtype.element_ty)
+            rt_ = tl.load(R + r_rows[:, None] * stride_rm + cs[None, :] * stride_rc,
+                          mask=m_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(tl.trans(lt), rt_, acc, input_precision=PRECISION)
+        e64 = e0.to(tl.int64) + (e - e0)  # (under the interpreter the loop variable is a Python int)
+        tl.store(DW + e64 * stride_we + ns[:, None] * stride_wn + cs[None, :] * stride_wc,
+                 acc.to(DW.dtype.element_ty), mask=n_ok[:, None] & c_ok[None, :])
