@@ -1,8 +1,11 @@
-"""What the model families share to run: the pieces every model is built from, the KV cache, generation.
+"""What the model families share to run: the pieces every model is built from, the KV cache, packed documents,
+generation.
 
-:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None) -> logits`` and ``generate``:
-greedy or sampled, batched prompts with left padding); :class:`RotaryLM` and :class:`PreNormLayer` are the
-Llama-style model and layer that Persimmon and OLMoE share. How logits become tokens: ``sampling.py``.
+:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None, *, cu_seqlens=None,
+position_ids=None) -> logits`` and ``generate``: greedy or sampled, batched prompts with left padding);
+:class:`RotaryLM` and :class:`PreNormLayer` are the Llama-style model and layer that Persimmon and OLMoE share.
+Packed documents (:class:`Documents`, for training) reach every attention as ``docs``: :func:`attend` then runs
+``kernels.attention_varlen``. How logits become tokens: ``sampling.py``.
 """
 
 from __future__ import annotations
@@ -197,7 +200,8 @@ def _integer_tensor(t) -> bool:
 
 
 class CausalLM(nn.Module):
-    """Base of every model: ``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` and :meth:`generate`.
+    """Base of every model: ``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` and
+    :meth:`generate`.
 
     ``forward``: ``input_ids (batch, seq)`` -> logits ``(batch, seq, vocab)``, differentiable (``from_pretrained``
     freezes the weights: ``model.requires_grad_(True)`` to train). ``cu_seqlens``: ``input_ids`` of shape
