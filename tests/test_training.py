@@ -11,7 +11,8 @@ For each registered family's first tiny case (``tests/test_models.py`` builds it
   for every parameter of ours, and a tied LM head is one parameter on both sides whose gradient sums both uses.
 * packed documents: ``model(ids, cu_seqlens=...)`` over documents laid end to end (positions restart per
   document, attention never crosses a boundary) gives each document's logits, the loss and the gradients of the
-  documents run one by one.
+  documents run one by one, and of HF's model on the same packed row (its positions restarting, a block-diagonal
+  causal mask); ``position_ids`` that restart (HF's convention) give the same logits as ``cu_seqlens``.
 
 The error measure is ``||ours - ref|| / max(||ref||, FLOOR * ||every gradient of ref||)``: relative, except that a
 gradient which is zero up to rounding is judged against the whole model's gradient norm. Such gradients exist:
