@@ -21,8 +21,8 @@ from kernels import _runtime as rt
 from kernels.library import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
-OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm", "norm_backward", "partial_rope",
-       "partial_rope_qk", "mlp", "mlp_backward", "topk_routing", "topk_routing_backward", "moe")
+OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",
+       "norm_backward", "partial_rope", "partial_rope_qk", "mlp", "mlp_backward", "topk_routing", "topk_routing_backward", "moe")
 
 
 def _randn(*shape, grad=False, scale=1.0, seed=0):

@@ -113,8 +113,9 @@ MAX_BLOCK = max(max(m, n) for m, n, _, _ in FWD_TILES)  # the largest BLOCK_M / 
 def fits(configs, nargs, resident, streamed, n_resident, short_q, tensors):
     """The rule: keep the configs whose shared memory (above) is within SMEM_BUDGET, else the smallest one; drop
     the TMA configs unless TMA can read and write every tensor of ``tensors`` (names in ``nargs``); with
-    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M_BUCKET``,
-    the longest sequence's, rounded up to a power of two) when a shorter one is left. ``resident`` / ``streamed`` name the resident and streamed tiles' block sizes."""
+    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M_BUCKET``:
+    q_len, or packed the longest sequence's, up to a power of two) when a shorter one is left. ``resident`` /
+    ``streamed`` name the resident and streamed tiles' block sizes."""
 
     def smem(c):
         return (n_resident * c.kwargs[resident] + c.num_stages * 2 * c.kwargs[streamed]) * block_d * esize
