@@ -228,10 +228,15 @@ def varlen_lengths(dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def cu_seqlens(lengths, device) -> torch.Tensor:
     """(len(lengths) + 1,) int32 prefix sums, from 0."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)
-    return torch.tensor(bounds, dtype=torch.int32, device=device)
+    # real even while a fake-tensor mode is on: the static report (kernels/report/shapes.py) builds cases on fake
+    # tensors and keeps real integer tensors as they are (the launch reads these values on the host)
+    with unset_fake_temporarily():
+        return torch.tensor(bounds, dtype=torch.int32, device=device)
 
 
 def _make_varlen_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0):
@@ -429,11 +434,11 @@ ATTENTION_VARLEN = OpSpec(
     reference=attention_varlen_reference,
     make_case=_make_varlen_case,
     dims=_varlen_dims,
-    # an empty sequence, a single token, one of 150 queries against 299 keys (as attention's config_dims: every
-    # tile crosses the q_len and kv_len tails, the diagonal, the window's edge and unmasked interior blocks), and
-    # a short one after it; GQA, head dim 24, window 250
-    config_dims={"q_heads": 2, "kv_heads": 1, "q_lens": (0, 1, 150, 20), "kv_lens": (3, 1, 299, 20),
-                 "head_dim": 24, "causal": True, "window": 250},
+    # an empty sequence, a single token, 70 queries against 200 keys (the 64-row tiles cross the window's edge,
+    # unmasked interior blocks and the diagonal; every tile crosses the q_len and kv_len tails: attention's own
+    # config_dims cover the block walk at length), and a short sequence after it; GQA, head dim 24, window 150
+    config_dims={"q_heads": 2, "kv_heads": 1, "q_lens": (0, 1, 70, 20), "kv_lens": (3, 1, 200, 20),
+                 "head_dim": 24, "causal": True, "window": 150},
     sweep_cases=_varlen_sweep_cases,
     flops=_varlen_flops,
     bytes_moved=_varlen_bytes,
