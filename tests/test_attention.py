@@ -459,3 +459,23 @@ def test_varlen_sweep_cases_and_peers():
         cases = spec.sweep_cases(gpu)
         params = {tuple(sorted((k_, str(v_)) for k_, v_ in c.items() if k_ != "seqlen")) for c in cases}
         assert len(params) * len({c["seqlen"] for c in cases}) == len(cases)
+
+
+def test_varlen_under_torch_compile():
+    """torch.compile(fullgraph=True) traces through the custom op when max_seqlen_q / _k are given (the prefix sums
+    are not read while tracing); without them it says so."""
+    import kernels
+
+    q, k, v, cu_q, cu_k = _packed((5, 0, 9), (5, 2, 12), 2, 1, 16)
+
+    def step(q, k, v, cu_q, cu_k, max_q, max_k):
+        return kernels.attention_varlen(q, k, v, cu_q, cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, window=4)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v, cu_q, cu_k, 9, 12)
+    dq, dk, dv = torch.autograd.grad(out.square().sum(), (q, k, v))
+    eager = step(q, k, v, cu_q, cu_k, 9, 12)
+    grads = torch.autograd.grad(eager.square().sum(), (q, k, v))
+    assert torch.equal(out, eager) and all(torch.equal(a, b) for a, b in zip((dq, dk, dv), grads))
+    with pytest.raises(Exception, match="pass max_seqlen_q and max_seqlen_k"):
+        torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, cu_q, cu_k, None, None)
