@@ -479,3 +479,35 @@ def test_varlen_under_torch_compile():
     assert torch.equal(out, eager) and all(torch.equal(a, b) for a, b in zip((dq, dk, dv), grads))
     with pytest.raises(Exception, match="pass max_seqlen_q and max_seqlen_k"):
         torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, cu_q, cu_k, None, None)
+
+
+@pytest.mark.parametrize("window", [None, 100])
+def test_varlen_computes_only_tiles_of_each_sequence(window):
+    """Counted (every program run): each kernel's executed pairs (dot FLOPs / FLOPs per pair) are at least the
+    visible pairs within the sequences and at most those plus the tiles at each sequence's mask edges
+    (tests/test_counters.py's bound, per sequence): no tile spans two sequences, none is padding."""
+    import kernels
+    from kernels.ops.attention.kernel import attn_fwd as fwd_kernel
+    from kernels.ops.attention.spec import ATTENTION_VARLEN
+
+    lens, d = (300, 0, 1, 517, 90), 16
+    q, k, v, cu_q, cu_k = _packed(lens, lens, 1, 1, d, torch.float16)
+    dims = {"q_heads": 1, "kv_heads": 1, "head_dim": d, "q_lens": lens, "window": window}
+    visible = ATTENTION_VARLEN.flops(dims, "fwd") // (4 * d)
+    with kernels.count() as fwd:
+        out = attention_varlen(q, k, v, cu_q, cu_k, window=window)
+    with kernels.count() as bwd:
+        out.backward(torch.ones_like(out))
+    dots = {"attn_fwd": 2, "attn_bwd_dkdv": 4, "attn_bwd_dq": 3}  # as in tests/test_counters.py
+    tuned = {"attn_fwd": fwd_kernel, "attn_bwd_dkdv": attn_bwd_dkdv, "attn_bwd_dq": attn_bwd_dq}
+    for counter in (fwd, bwd):
+        for name, sub in counter.by_kernel().items():
+            if name not in dots:
+                continue
+            assert all(r.programs_run == r.programs for r in sub.records)  # counted whole, not sampled
+            config = tuned[name].last_config().kwargs
+            resident, streamed = ((config["BLOCK_N"], config["BLOCK_M"]) if name == "attn_bwd_dkdv"
+                                  else (config["BLOCK_M"], config["BLOCK_N"]))
+            executed = sub.flops / (dots[name] * 2 * d)
+            bound = visible + sum(math.ceil(n / resident) * resident * (resident + 2 * streamed) for n in lens)
+            assert visible <= executed <= bound, (name, executed, visible, bound)
