@@ -54,6 +54,11 @@ Strides: each (batch, heads, seq, head_dim) tensor comes with its four strides a
 (``strides_q = q.stride()``), so any layout is read in place (``blocks.head_rows``). ``blocks.query_block`` is
 the program -> (batch, query head, KV head, query rows) setup the forward and the backward's dQ share.
 
+Packed sequences (``VARLEN``, ``varlen.py``): the same kernels on FlashAttention's varlen layout. The batch
+axis of the grid becomes the sequences; a program reads its sequence's first rows and lengths from
+``cu_seqlens`` (``blocks.sequence``), returns if its query block lies past that sequence's end, and runs the code
+above on the sequence alone (its rows as one head's matrix, its TMA descriptors sized to it).
+
 The backward's kernels: ``kernel_bwd.py`` (split by pass, as FLA does: in one file they would pass 400 lines);
 what both share (mask, block walk, tile loads): ``blocks.py``.
 """
