@@ -120,14 +120,21 @@ def _sdpa_peer():
     return sdpa
 
 
-def _flex_peer():
+def _flex():
+    """(create_block_mask, compiled flex_attention), or None without a GPU or FlexAttention."""
     if not rt.GPU or rt.INTERPRET:
         return None  # compiled FlexAttention needs a GPU (its CPU path compiles C++ for minutes)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:
         return None
-    compiled = torch.compile(flex_attention)
+    return create_block_mask, torch.compile(flex_attention)
+
+
+def _flex_peer():
+    if _flex() is None:
+        return None
+    create_block_mask, compiled = _flex()
 
     @functools.lru_cache(maxsize=32)
     def block_mask(q_len, kv_len, causal, window, device):
@@ -368,13 +375,9 @@ def document_mask_mod(cu_seqlens_q, cu_seqlens_k, causal, window):
 
 
 def _flex_varlen_peer():
-    if not rt.GPU or rt.INTERPRET:
-        return None  # compiled FlexAttention needs a GPU (its CPU path compiles C++ for minutes)
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
+    if _flex() is None:
         return None
-    compiled = torch.compile(flex_attention)
+    create_block_mask, compiled = _flex()
 
     def flex(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
              window=None, scale=None):

@@ -42,7 +42,7 @@ import torch
 import triton
 
 from ... import _runtime as rt
-from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout
+from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout, check_mask_args
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
 from ...common.precision import dot_precision
@@ -91,21 +91,10 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (num_seqs + 1), got "
                          f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_mask_args(causal, window, scale)
     for name, given in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
             raise TypeError(f"{name} must be an int or None, got {type(given).__name__}")
-    if window is not None:
-        if not causal:
-            raise ValueError("window needs causal=True (a sliding window is causal); got causal=False")
-        if isinstance(window, bool) or not isinstance(window, int):
-            raise TypeError(f"window must be an int or None, got {type(window).__name__}")
-        if window < 1:
-            raise ValueError(f"window must be >= 1 (keys seen, the query's own included), got {window}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
-        raise TypeError(f"scale must be a finite number or None, got {scale!r}")
     if torch.compiler.is_compiling():
         # tracing: the prefix sums' values are not known, so they are not checked (as FlashAttention never does)
         if max_seqlen_q is None or max_seqlen_k is None:
