@@ -166,12 +166,17 @@ def check_args(q, k, v, causal, window, scale, reference=False):
     kv_heads, kv_len = k.shape[1], k.shape[2]
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"q_heads ({heads}) must be a multiple of kv_heads ({kv_heads}): k's dim 1")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_mask_args(causal, window, scale)
     if causal and q_len > kv_len:
         raise ValueError(f"with causal=True, q_len ({q_len}, q's dim 2) must be <= kv_len ({kv_len}, k's dim 2)")
     if kv_len == 0 and q_len > 0:
         raise ValueError(f"kv_len (k's dim 2) must be >= 1 when q_len > 0, got {kv_len}")
+
+
+def check_mask_args(causal, window, scale):
+    """causal, window and scale: their types and ranges (shared by attention and attention_varlen)."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if window is not None:
         if not causal:
             raise ValueError("window needs causal=True (a sliding window is causal); got causal=False")

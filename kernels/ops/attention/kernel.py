@@ -54,6 +54,11 @@ Strides: each (batch, heads, seq, head_dim) tensor comes with its four strides a
 (``strides_q = q.stride()``), so any layout is read in place (``blocks.head_rows``). ``blocks.query_block`` is
 the program -> (batch, query head, KV head, query rows) setup the forward and the backward's dQ share.
 
+Packed sequences (``VARLEN``, ``varlen.py``): the same kernels on FlashAttention's varlen layout. The batch
+axis of the grid becomes the sequences; a program reads its sequence's first rows and lengths from
+``cu_seqlens`` (``blocks.sequence``), returns if its query block lies past that sequence's end, and runs the code
+above on the sequence alone (its rows as one head's matrix, its TMA descriptors sized to it).
+
 The backward's kernels: ``kernel_bwd.py`` (split by pass, as FLA does: in one file they would pass 400 lines);
 what both share (mask, block walk, tile loads): ``blocks.py``.
 """
@@ -113,8 +118,9 @@ MAX_BLOCK = max(max(m, n) for m, n, _, _ in FWD_TILES)  # the largest BLOCK_M / 
 def fits(configs, nargs, resident, streamed, n_resident, short_q, tensors):
     """The rule: keep the configs whose shared memory (above) is within SMEM_BUDGET, else the smallest one; drop
     the TMA configs unless TMA can read and write every tensor of ``tensors`` (names in ``nargs``); with
-    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M_BUCKET``,
-    the longest sequence's, rounded up to a power of two) when a shorter one is left. ``resident`` / ``streamed`` name the resident and streamed tiles' block sizes."""
+    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M_BUCKET``:
+    q_len, or packed the longest sequence's, up to a power of two) when a shorter one is left. ``resident`` /
+    ``streamed`` name the resident and streamed tiles' block sizes."""
 
     def smem(c):
         return (n_resident * c.kwargs[resident] + c.num_stages * 2 * c.kwargs[streamed]) * block_d * esize

@@ -39,8 +39,9 @@ def attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqle
     (shapes as ``varlen.py``'s: q (total_q, q_heads, head_dim), k, v (total_k, kv_heads, head_dim))."""
     from .varlen import check_varlen_args
 
-    cu_q, cu_k, _, _ = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                         window, scale, reference=True)
+    check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale,
+                      reference=True)
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()  # (torch.compile: a graph break)
     outs = [q[:0]]  # (0, q_heads, head_dim): keeps torch.cat defined when every sequence is empty
     for q0, q1, k0, k1 in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
         if q1 == q0:

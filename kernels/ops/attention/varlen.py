@@ -28,7 +28,10 @@ sequence. The descriptor's start is the sequence's first row, 16-byte aligned wh
 (which ``rt.tma_ok`` checks, as for dense inputs).
 
 The host reads ``cu_seqlens`` once per call (``num_seqs + 1`` integers, a device sync on a GPU) to check them
-(a malformed prefix sum would index out of range) and, when not given, to find ``max_seqlen_q / _k``.
+(a malformed prefix sum would index out of range) and, when not given, to find ``max_seqlen_q / _k``. Under
+``torch.compile`` the values cannot be read while tracing: there ``max_seqlen_q`` and ``max_seqlen_k`` must be
+given, and the prefix sums are trusted (as FlashAttention always trusts them); their dtype, shape and device are
+still checked.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 import triton
 
 from ... import _runtime as rt
-from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout
+from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout, check_mask_args
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
 from ...common.precision import dot_precision
@@ -76,9 +79,7 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"q_heads ({heads}) must be a multiple of kv_heads ({kv_heads}): k's dim 1")
-    cus = []
-    for name, cu, total, rows in (("cu_seqlens_q", cu_seqlens_q, total_q, "q"),
-                                  ("cu_seqlens_k", cu_seqlens_k, total_k, "k")):
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(cu, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
         if cu.dtype != torch.int32:
@@ -87,6 +88,22 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             raise ValueError(f"{name} must have shape (num_seqs + 1,), got {tuple(cu.shape)}")
         if cu.device != q.device:
             raise ValueError(f"{name} is on {cu.device} but q is on {q.device}")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (num_seqs + 1), got "
+                         f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
+    check_mask_args(causal, window, scale)
+    for name, given in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
+            raise TypeError(f"{name} must be an int or None, got {type(given).__name__}")
+    if torch.compiler.is_compiling():
+        # tracing: the prefix sums' values are not known, so they are not checked (as FlashAttention never does)
+        if max_seqlen_q is None or max_seqlen_k is None:
+            raise ValueError("under torch.compile, pass max_seqlen_q and max_seqlen_k: the prefix sums cannot be "
+                             "read while tracing")
+        return None, None, max_seqlen_q, max_seqlen_k
+    cus = []
+    for name, cu, total, rows in (("cu_seqlens_q", cu_seqlens_q, total_q, "q"),
+                                  ("cu_seqlens_k", cu_seqlens_k, total_k, "k")):
         values = cu.tolist()
         if values[0] != 0 or any(b < a for a, b in zip(values[:-1], values[1:])):
             raise ValueError(f"{name} must start at 0 and never decrease (prefix sums of the lengths), got "
@@ -95,11 +112,6 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             raise ValueError(f"{name}[-1] ({values[-1]}) must be the total length of {rows} ({rows}'s dim 0: {total})")
         cus.append(values)
     cu_q, cu_k = cus
-    if len(cu_q) != len(cu_k):
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (num_seqs + 1), got {len(cu_q)} "
-                         f"and {len(cu_k)}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     q_lens, k_lens = _lengths(cu_q), _lengths(cu_k)
     for s, (m, n) in enumerate(zip(q_lens, k_lens)):
         if causal and m > n:
@@ -114,21 +126,9 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         if given is None:
             maxima.append(longest)
             continue
-        if isinstance(given, bool) or not isinstance(given, int):
-            raise TypeError(f"{name} must be an int or None, got {type(given).__name__}")
         if given < longest:
             raise ValueError(f"{name} ({given}) is below the longest sequence's length ({longest})")
         maxima.append(given)
-    if window is not None:
-        if not causal:
-            raise ValueError("window needs causal=True (a sliding window is causal); got causal=False")
-        if isinstance(window, bool) or not isinstance(window, int):
-            raise TypeError(f"window must be an int or None, got {type(window).__name__}")
-        if window < 1:
-            raise ValueError(f"window must be >= 1 (keys seen, the query's own included), got {window}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
-        raise TypeError(f"scale must be a finite number or None, got {scale!r}")
     return cu_q, cu_k, maxima[0], maxima[1]
 
 
