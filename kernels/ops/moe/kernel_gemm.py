@@ -193,7 +193,13 @@ def moe_gate_up(
     # SwiGLU epilogue: silu(g) * u = g * sigmoid(g) * u
     h = acc_g * tl.sigmoid(acc_g) * acc_u
     rows64 = rows.to(tl.int64)
-    out_mask = row_ok[:, None] & col_ok[None, :]
+    if STORE_PRE:
+        # training: whole tiles, padding rows and blocks past the last expert included (exact zeros there: their
+        # x rows load as 0, or the K loop has no trip), so the tensors saved for the backward, which the library
+        # op returns, hold no unwritten memory
+        out_mask = (rows < n_blocks * BLOCK_M)[:, None] & col_ok[None, :]
+    else:
+        out_mask = row_ok[:, None] & col_ok[None, :]
     tl.store(H + rows64[:, None] * stride_hm + cols[None, :], h.to(H.dtype.element_ty), mask=out_mask)
     if STORE_PRE:
         pre = Pre + rows64[:, None] * stride_pm + cols[None, :]
