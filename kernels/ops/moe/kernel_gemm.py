@@ -14,6 +14,10 @@ pipeline), on the expert-sorted, block-padded layout that ``kernel.py``'s dispat
    weight and *scatters* the row back to pair order: ``Y[t*k + j] = w[t, j] * down_e(h)``, in x's dtype.
 5. ``moe_combine`` — ``out[t] = sum_j Y[t*k + j]`` in fp32, slots in fixed order: deterministic, no atomics.
 
+The backward (``kernel_bwd.py``) reuses two of them: ``moe_down`` unweighted (``WEIGHTED=False``) with gate_up
+read transposed computes each pair's input gradient, and ``moe_combine`` sums them per token with the router's
+term added (``ADD_EXTRA``). In training ``moe_gate_up`` also stores the gate/up pre-activations (``STORE_PRE``).
+
 Both GEMMs order their programs in groups of ``GROUP_M`` M-blocks (``kernels.common.tiling.grouped_tile``) and
 accumulate ``tl.dot`` in fp32 with ``input_precision=PRECISION`` (``kernels/common/precision.py``).
 
