@@ -61,6 +61,7 @@ from ... import _runtime as rt
 from .kernel_gemm import _block_of_expert
 
 DW_BAND = 32  # DWPart's bands of inner columns: every moe_down_bwd BLOCK_N is a multiple
+_DW_BAND = tl.constexpr(DW_BAND)  # the same, as the kernel reads it
 
 
 def _configs(tensor_core_tiles, fma_tiles, names):
@@ -134,12 +135,12 @@ def moe_down_bwd(
     s = tl.sigmoid(g)
     silu = g * s
     # dw partial: <c, a> over this tile's columns, into band pid_n * RATIO (its other bands get zeros)
-    RATIO: tl.constexpr = BLOCK_N // DW_BAND
+    RATIO: tl.constexpr = BLOCK_N // _DW_BAND
     dw = tl.sum(tl.where(mask, acc * silu * u, 0.0), axis=1)
     band = pid_n * RATIO + tl.arange(0, RATIO)
     part = tl.where(tl.arange(0, RATIO)[None, :] == 0, dw[:, None], 0.0)
     tl.store(DWPart + band.to(tl.int64)[None, :] * n_pairs + pair.to(tl.int64)[:, None], part,
-             mask=row_ok[:, None] & (band < tl.cdiv(inner, DW_BAND))[None, :])
+             mask=row_ok[:, None] & (band < tl.cdiv(inner, _DW_BAND))[None, :])
     # SwiGLU backward on da = w * c
     w = tl.load(RouteW + pair, mask=row_ok, other=0.0)
     da = acc * w[:, None]

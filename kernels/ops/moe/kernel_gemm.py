@@ -14,6 +14,10 @@ pipeline), on the expert-sorted, block-padded layout that ``kernel.py``'s dispat
    weight and *scatters* the row back to pair order: ``Y[t*k + j] = w[t, j] * down_e(h)``, in x's dtype.
 5. ``moe_combine`` — ``out[t] = sum_j Y[t*k + j]`` in fp32, slots in fixed order: deterministic, no atomics.
 
+The backward (``kernel_bwd.py``) reuses two of them: ``moe_down`` unweighted (``WEIGHTED=False``) with gate_up
+read transposed computes each pair's input gradient, and ``moe_combine`` sums them per token with the router's
+term added (``ADD_EXTRA``). In training ``moe_gate_up`` also stores the gate/up pre-activations (``STORE_PRE``).
+
 Both GEMMs order their programs in groups of ``GROUP_M`` M-blocks (``kernels.common.tiling.grouped_tile``) and
 accumulate ``tl.dot`` in fp32 with ``input_precision=PRECISION`` (``kernels/common/precision.py``).
 
@@ -193,7 +197,13 @@ def moe_gate_up(
     # SwiGLU epilogue: silu(g) * u = g * sigmoid(g) * u
     h = acc_g * tl.sigmoid(acc_g) * acc_u
     rows64 = rows.to(tl.int64)
-    out_mask = row_ok[:, None] & col_ok[None, :]
+    if STORE_PRE:
+        # training: whole tiles, padding rows and blocks past the last expert included (exact zeros there: their
+        # x rows load as 0, or the K loop has no trip), so the tensors saved for the backward, which the library
+        # op returns, hold no unwritten memory
+        out_mask = (rows < n_blocks * BLOCK_M)[:, None] & col_ok[None, :]
+    else:
+        out_mask = row_ok[:, None] & col_ok[None, :]
     tl.store(H + rows64[:, None] * stride_hm + cols[None, :], h.to(H.dtype.element_ty), mask=out_mask)
     if STORE_PRE:
         pre = Pre + rows64[:, None] * stride_pm + cols[None, :]
