@@ -9,7 +9,7 @@ ops, ``torch.ops.playground.*`` (``kernels/library.py``), which ``torch.compile`
 
 from ._runtime import INTERPRET, backend, force_config  # noqa: F401  (first: sets TRITON_INTERPRET)
 # the public ops call the torch.library custom ops (torch.ops.playground.*) that kernels/library.py registers
-from .library import (attention, layer_norm, mlp, moe, partial_rope, partial_rope_qk, rms_norm,  # noqa: F401
-                      squared_relu_mlp, topk_routing)
+from .library import (attention, attention_varlen, layer_norm, mlp, moe, partial_rope,  # noqa: F401
+                      partial_rope_qk, rms_norm, squared_relu_mlp, topk_routing)
 from .perf import count  # noqa: F401
 from .registry import OPS  # noqa: F401

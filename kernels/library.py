@@ -3,14 +3,17 @@ through them (``fullgraph=True``: no graph break), and the public functions (``k
 call them.
 
     torch.ops.playground.attention(q, k, v, causal, window, scale)        -> (out, lse)
+    torch.ops.playground.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                          window, scale)                  -> (out, lse)
     torch.ops.playground.layer_norm(x, weight, bias, eps)                 -> (y, mean, rstd)
     torch.ops.playground.rms_norm(x, weight, eps)                         -> (y, rstd)
     torch.ops.playground.partial_rope(x, positions, rotary_dim, theta, inverse=False)       -> y
     torch.ops.playground.partial_rope_qk(q, k, positions, rotary_dim, theta, inverse=False) -> (q', k')
     torch.ops.playground.mlp(x, w_in, b_in, w_out, b_out, activation, grads)   -> (y, a, h)
     torch.ops.playground.topk_routing(logits, k, normalize)               -> (weights, ids)
-    torch.ops.playground.moe(x, router_weight, gate_up, down, k, normalize)  -> out
-    backward ops: attention_backward, norm_backward, mlp_backward, topk_routing_backward
+    torch.ops.playground.moe(x, router_weight, gate_up, down, k, normalize, train)  -> (out, *saved)
+    backward ops: attention_backward, attention_varlen_backward, norm_backward, mlp_backward, topk_routing_backward,
+    moe_backward
 
 Each op returns its result first, then what its backward reads (the attention's log-sum-exp, the norms' row
 statistics, the MLP's activation ``a`` and pre-activation ``h``), marked non-differentiable; ``kernels.<op>``
@@ -18,8 +21,9 @@ returns the result alone. The MLP's ``grads`` (five bools: x, w_in, b_in, w_out,
 to keep: ``h`` only when x, w_in or b_in needs one, nothing when none does (an empty tensor stands for it). Each op
 has a fake (meta) implementation giving exactly the real outputs' shapes, dtypes and strides, and its autograd
 formula registered with ``register_autograd``; the backward ops are ops too (a compiled graph's backward calls
-them). RoPE needs none: its backward is the inverse rotation, the same op with ``inverse=True``. The MoE layer has
-no backward yet: its formula raises NotImplementedError (``kernels.moe`` refuses up front, as before).
+them). RoPE needs none: its backward is the inverse rotation, the same op with ``inverse=True``. The MoE layer's
+``train`` (some input needs a gradient) says whether to keep what its backward reads (``moe_api.Saved``: logits,
+routing, dispatch, activation and gate/up pre-activations; empty tensors otherwise), as the MLP's ``grads`` does.
 
 The implementations are the api.py functions themselves: the launches stay there. Where an api.py keeps its
 forward and backward inside a ``torch.autograd.Function`` (norms, MLP, routing), the op calls that Function's
@@ -32,7 +36,7 @@ AOTInductor package the kernels: its body must trace on fake tensors with every 
 interpreter ``wrap_triton`` hands the kernel back unwrapped, so no such path can run without a GPU, and none was
 at hand. The candidates, easiest first: the norms, routing and MLP (``rt.Tuned`` kernels with scalar arguments:
 a ``wrap_triton`` hook in ``rt.Tuned`` would do), RoPE (its cached inverse-frequency table is a real tensor made
-outside fake mode), attention (stride tuples as kernel arguments), the MoE (seven launches, forward only).
+outside fake mode), attention (stride tuples as kernel arguments), the MoE (seven launches forward, nine back).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from torch import Tensor
 
 from . import _runtime as rt
 from .ops.attention import api as attention_api
+from .ops.attention import varlen as attention_varlen_api
 from .ops.layer_norm import api as norm_api
 from .ops.mlp import api as mlp_api
 from .ops.mlp.kernel import ACTIVATIONS
@@ -140,6 +145,43 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Optional[i
 def _attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
                    window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
     return attention_api._backward(q, k, v, out, lse, dout, causal, window, scale)
+
+
+# ------------------------------------------------------------------------------------------------ attention, varlen
+
+
+def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale):
+    return attention_api._empty_like_layout(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+def _attention_varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, *args = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_q, cu_k)
+    ctx.args = tuple(args)
+    _extras_are_not_differentiable(ctx, output[1:])
+
+
+def _attention_varlen_backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 10
+    dq, dk, dv = torch.ops.playground.attention_varlen_backward(dout, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, *(None,) * 7
+
+
+@_op("attention_varlen", _attention_varlen_fake, _attention_varlen_setup, _attention_varlen_backward)
+def _attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+                      max_seqlen_k: int, causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor]:
+    return attention_varlen_api.varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                               causal, window, scale)
+
+
+@_op("attention_varlen_backward",
+     lambda dout, q, k, v, *_: tuple(attention_api._empty_like_layout(t) for t in (q, k, v)))
+def _attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                          cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                          causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return attention_varlen_api.varlen_backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                max_seqlen_k, causal, window, scale)
 
 
 # ------------------------------------------------------------------------------------------------ norms
@@ -312,13 +354,47 @@ def _topk_routing_bwd(dweights: Tensor, logits: Tensor, ids: Tensor, normalize: 
     return routing_api._Routing.backward(ctx, dweights.reshape(-1, k), None)[0].view(logits.shape)
 
 
-def _moe_backward(ctx, dout):
-    raise NotImplementedError("moe has no backward yet (kernels/ops/moe/api.py); use moe_reference to differentiate")
+def _moe_fake(x, router_weight, gate_up, down, k, normalize, train):
+    if not train:
+        return (x.new_empty(x.shape), *(_empty(x) for _ in moe_api.Saved._fields))
+    shapes = moe_api.saved_shapes(x.numel() // x.shape[-1], k, router_weight.shape[0], down.shape[2])
+    return (x.new_empty(x.shape), *(x.new_empty(shape, dtype=dtype or x.dtype)
+                                    for shape, dtype in zip(shapes, moe_api.SAVED_DTYPES)))
 
 
-@_op("moe", lambda x, *_: x.new_empty(x.shape), lambda ctx, inputs, output: None, _moe_backward)
-def _moe(x: Tensor, router_weight: Tensor, gate_up: Tensor, down: Tensor, k: int, normalize: bool) -> Tensor:
-    return moe_api._moe_forward(x, router_weight, gate_up, down, k, normalize)
+def _moe_setup(ctx, inputs, output):
+    x, router_weight, gate_up, down, ctx.k, ctx.normalize, _ = inputs
+    ctx.save_for_backward(x, router_weight, gate_up, down, *output[1:])
+    _extras_are_not_differentiable(ctx, output[1:])
+
+
+def _moe_backward(ctx, dout, *_dsaved):
+    if dout is None:
+        return (None,) * 7
+    grads = list(ctx.needs_input_grad[:4])
+    out = torch.ops.playground.moe_backward(dout, *ctx.saved_tensors, ctx.k, ctx.normalize, grads)
+    return (*(g if need else None for g, need in zip(out, grads)), None, None, None)
+
+
+@_op("moe", _moe_fake, _moe_setup, _moe_backward)
+def _moe(x: Tensor, router_weight: Tensor, gate_up: Tensor, down: Tensor, k: int, normalize: bool, train: bool
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, saved = moe_api._forward(x, router_weight, gate_up, down, k, normalize, train=train)
+    return (out, *(saved if train else (_empty(x) for _ in moe_api.Saved._fields)))
+
+
+def _moe_bwd_fake(dout, x, router_weight, gate_up, down, *rest):
+    grads = rest[-1]
+    return tuple(_if(flag, t.shape, t) for flag, t in zip(grads, (x, router_weight, gate_up, down)))
+
+
+@_op("moe_backward", _moe_bwd_fake)
+def _moe_bwd(dout: Tensor, x: Tensor, router_weight: Tensor, gate_up: Tensor, down: Tensor, logits: Tensor,
+             top_w: Tensor, top_i: Tensor, sorted_pairs: Tensor, offsets: Tensor, counts: Tensor, act: Tensor,
+             pre: Tensor, k: int, normalize: bool, grads: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    saved = moe_api.Saved(logits, top_w, top_i, sorted_pairs, offsets, counts, act, pre)
+    out = moe_api._backward(dout, x, router_weight, gate_up, down, saved, k, normalize, grads)
+    return tuple(_or_empty(g, x) for g in out)
 
 
 # ------------------------------------------------------------------------------------------------ public functions
@@ -334,6 +410,14 @@ def attention(q, k, v, *, causal=True, window=None, scale=None):
     if q.numel() == 0:
         return q.clone()
     return torch.ops.playground.attention(q, k, v, causal, window, scale)[0]
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
+                     window=None, scale=None):
+    args = attention_varlen_api.prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                        window, scale)
+    cu_q, cu_k, max_q, max_k, scale = args
+    return torch.ops.playground.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale)[0]
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -377,14 +461,12 @@ def topk_routing(logits, k=8, *, normalize=False):
 
 def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
     moe_api._check(x, router_weight, gate_up, down, k)
-    if any(_needs_grad(x, router_weight, gate_up, down)):
-        raise NotImplementedError(
-            "moe has no backward yet: call it under torch.no_grad() / on tensors that do not require grad "
-            "(or use moe_reference for a differentiable path)")
-    return torch.ops.playground.moe(x, router_weight, gate_up, down, k, bool(normalize))
+    train = any(_needs_grad(x, router_weight, gate_up, down))
+    return torch.ops.playground.moe(x, router_weight, gate_up, down, k, bool(normalize), train)[0]
 
 
-for _public, _api in ((attention, attention_api.attention), (layer_norm, norm_api.layer_norm),
+for _public, _api in ((attention, attention_api.attention),
+                      (attention_varlen, attention_varlen_api.attention_varlen), (layer_norm, norm_api.layer_norm),
                       (rms_norm, norm_api.rms_norm), (partial_rope, rope_api.partial_rope),
                       (partial_rope_qk, rope_api.partial_rope_qk), (mlp, mlp_api.mlp),
                       (squared_relu_mlp, mlp_api.squared_relu_mlp), (topk_routing, routing_api.topk_routing),

@@ -6,6 +6,8 @@
     tokens = model.generate(input_ids, max_new_tokens=20)      # greedy, with a KV cache
     sliding = models.from_pretrained("path/to/gpt2", window=256)  # every layer attends to its last 256 keys
     models.patch_hf(hf_model)                                   # a live transformers model, on our kernels
+    model.requires_grad_(True)                                  # to train: loaded frozen; every kernel has a backward
+    logits = model(packed_ids, cu_seqlens=cu_seqlens)           # packed documents: (1, total) ids, int32 prefix sums
 
 Each family is one file that reads top to bottom (``gpt2.py``, ``opt.py``, ``persimmon.py``, ``olmoe.py``),
 registered by one line in ``registry.py``, whose docstring says what a family file provides. What families share

@@ -1,13 +1,17 @@
-"""What the model families share to run: the pieces every model is built from, the KV cache, generation.
+"""What the model families share to run: the pieces every model is built from, the KV cache, packed documents,
+generation.
 
-:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None) -> logits`` and ``generate``:
-greedy or sampled, batched prompts with left padding); :class:`RotaryLM` and :class:`PreNormLayer` are the
-Llama-style model and layer that Persimmon and OLMoE share. How logits become tokens: ``sampling.py``.
+:class:`CausalLM` is the base of every model (``forward(input_ids, cache=None, *, cu_seqlens=None,
+position_ids=None) -> logits`` and ``generate``: greedy or sampled, batched prompts with left padding);
+:class:`RotaryLM` and :class:`PreNormLayer` are the Llama-style model and layer that Persimmon and OLMoE share.
+Packed documents (:class:`Documents`, for training) reach every attention as ``docs``: :func:`attend` then runs
+``kernels.attention_varlen``. How logits become tokens: ``sampling.py``.
 """
 
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -88,17 +92,31 @@ class KVCache:
         self.length += n
 
 
-def attend(q, k, v, cache: KVCache | None, layer: int, window, scale=None):
+def attend(q, k, v, cache: KVCache | None, layer: int, window, scale=None, docs: Documents | None = None):
     """Causal attention of the new positions' queries over the cached + new keys: one kernel launch, or one per
-    distinct count of left pads when the cache has some (:func:`attend_left_padded`).
+    distinct count of left pads when the cache has some (:func:`attend_left_padded`); for packed documents
+    (``docs``, no cache), one ``kernels.attention_varlen`` launch in which no query sees another document's keys.
 
-    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, q_len, head_dim), the new positions only.
-    Returns q's shape."""
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, q_len, head_dim), the new positions only (batch 1
+    and q_len = total tokens when ``docs`` is given). Returns q's shape."""
+    if docs is not None:
+        return attend_packed(q, k, v, docs, window, scale)
     if cache is not None:
         k, v = cache.update(layer, k, v)
         if cache.pads is not None:
             return attend_left_padded(q, k, v, cache.pads, window, scale)
     return kernels.attention(q, k, v, causal=True, window=window, scale=scale)
+
+
+def attend_packed(q, k, v, docs: Documents, window, scale=None):
+    """Causal attention within each packed document (a ``window`` counts the document's own keys only).
+
+    q: (1, heads, total, head_dim); k, v: (1, kv_heads, total, head_dim). Returns q's shape. The varlen kernel
+    takes tokens first, (total, heads, head_dim): views of the same tensors."""
+    out = kernels.attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                                   docs.cu_seqlens, docs.cu_seqlens, max_seqlen_q=docs.longest,
+                                   max_seqlen_k=docs.longest, causal=True, window=window, scale=scale)
+    return out.transpose(0, 1)[None]
 
 
 def attend_left_padded(q, k, v, pads: list[int], window, scale=None):
@@ -130,8 +148,68 @@ def positions(cache: KVCache | None, seq: int, device) -> torch.Tensor:
     return pos
 
 
+class Documents(NamedTuple):
+    """Documents packed end to end in one row of ``total`` tokens (:func:`packed_documents` builds it)."""
+
+    cu_seqlens: torch.Tensor  # (n_docs + 1,) int32 prefix sums: document d is tokens cu_seqlens[d]:cu_seqlens[d+1]
+    longest: int  # the longest document's length (the varlen kernel's max_seqlen)
+    positions: torch.Tensor  # (total,) int64: each token's position (in its own document: from 0 with cu_seqlens)
+    last_position: int  # positions.max()
+
+
+def packed_documents(total: int, device, cu_seqlens=None, position_ids=None) -> Documents:
+    """The documents of a packed row of ``total`` tokens, given by one of:
+
+    ``cu_seqlens``: ``(n_docs + 1,)`` integer prefix sums, 0, then each document's end, the last one ``total``
+    (every document at least one token); each token's position counts from 0 in its document.
+    ``position_ids``: ``(1, total)`` or ``(total,)``, HF's convention for packed rows (its
+    ``DataCollatorWithFlattening``, its ``find_packed_sequence_indices``): a document starts wherever a position
+    is not the previous one + 1, and the positions are used as given.
+
+    One host read, for the checks and the varlen kernel's ``max_seqlen``."""
+    if (cu_seqlens is None) == (position_ids is None):
+        raise ValueError("packed documents take cu_seqlens or position_ids, not both")
+    if cu_seqlens is not None:
+        if not _integer_tensor(cu_seqlens) or cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must be a 1-D integer tensor of n_docs + 1 >= 2 prefix sums, got "
+                             f"{cu_seqlens!r}")
+        bounds = cu_seqlens.to(device=device, dtype=torch.long)
+        lengths = bounds.diff()
+        first, last, shortest, longest = torch.stack([bounds[0], bounds[-1], lengths.min(), lengths.max()]).tolist()
+        if first != 0 or last != total or shortest < 1:
+            raise ValueError(f"cu_seqlens must start at 0, end at the {total} packed tokens and grow by at least 1 "
+                             f"per document, got {cu_seqlens.tolist()}")
+        token = torch.arange(total, device=device)
+        document = torch.searchsorted(bounds[1:], token, right=True)  # the document each token belongs to
+        return Documents(bounds.to(torch.int32), longest, token - bounds[document], longest - 1)
+    if not _integer_tensor(position_ids) or position_ids.shape not in ((total,), (1, total)):
+        raise ValueError(f"position_ids must be an integer tensor of shape (1, {total}) or ({total},) like the "
+                         f"packed input_ids, got {position_ids!r}")
+    pos = position_ids.to(device=device, dtype=torch.long).reshape(total)
+    starts = torch.ones(total, dtype=torch.bool, device=device)
+    starts[1:] = pos.diff() != 1
+    bounds = torch.cat([starts.nonzero().flatten(), torch.tensor([total], device=device)])
+    smallest, last_position, longest = torch.stack([pos.min(), pos.max(), bounds.diff().max()]).tolist()
+    if smallest < 0:
+        raise ValueError(f"position_ids must be >= 0, got {position_ids.tolist()}")
+    return Documents(bounds.to(torch.int32), longest, pos, last_position)
+
+
+def _integer_tensor(t) -> bool:
+    return isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
 class CausalLM(nn.Module):
-    """Base of every model: ``forward(input_ids, cache=None) -> logits`` and :meth:`generate`.
+    """Base of every model: ``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` and
+    :meth:`generate`.
+
+    ``forward``: ``input_ids (batch, seq)`` -> logits ``(batch, seq, vocab)``, differentiable (``from_pretrained``
+    freezes the weights: ``model.requires_grad_(True)`` to train). ``cu_seqlens``: ``input_ids`` of shape
+    ``(1, total)`` holds documents laid end to end, ``cu_seqlens`` their int32 prefix sums ``(n_docs + 1,)``
+    (``[0, len_0, len_0 + len_1, ..., total]``): each document's positions count from 0 and its tokens attend
+    only to its own (``kernels.attention_varlen``), so its logits are those of the document run alone.
+    ``position_ids`` ``(1, total)`` instead: HF's packed rows, a document starting wherever a position is not the
+    previous one + 1 (positions as given).
 
     Subclasses set ``n_layers``, ``n_kv_heads``, ``head_dim``, ``max_positions`` (None: unbounded) and
     ``window`` (None: the model's own full causal attention). ``from_pretrained`` sets ``eos_token_id`` (a list,
@@ -143,7 +221,9 @@ class CausalLM(nn.Module):
     eos_token_id: list[int] = []  # assigned per model by from_pretrained, never mutated
     pad_token_id: int | None = None
 
-    def check_ids(self, input_ids, cache):
+    def check_ids(self, input_ids, cache, cu_seqlens=None, position_ids=None) -> Documents | None:
+        """Check a forward's inputs; for packed documents (``cu_seqlens`` or ``position_ids``) return their
+        :class:`Documents`."""
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids (batch, seq), got "
                             f"{type(input_ids).__name__}")
@@ -155,9 +235,22 @@ class CausalLM(nn.Module):
             raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
-        end = input_ids.shape[1] + (cache.length if cache is not None else 0)
-        if self.max_positions is not None and end > self.max_positions:
-            raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} positions")
+        if cu_seqlens is None and position_ids is None:
+            end = input_ids.shape[1] + (cache.length if cache is not None else 0)
+            if self.max_positions is not None and end > self.max_positions:
+                raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_positions} "
+                                 f"positions")
+            return None
+        if cache is not None:
+            raise ValueError("packed documents (cu_seqlens, position_ids) cannot be combined with a KV cache")
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"packed documents (cu_seqlens, position_ids) come as one row, input_ids of shape "
+                             f"(1, total), got {tuple(input_ids.shape)}")
+        docs = packed_documents(input_ids.shape[1], input_ids.device, cu_seqlens, position_ids)
+        if self.max_positions is not None and docs.last_position >= self.max_positions:
+            raise ValueError(f"a packed document reaches position {docs.last_position}: longer than the model's "
+                             f"{self.max_positions} positions")
+        return docs
 
     def new_cache(self, batch: int, max_len: int, pads=None) -> KVCache:
         p = next(self.parameters())
@@ -230,13 +323,13 @@ class PreNormLayer(nn.Module):
         self.input_layernorm, self.self_attn = input_layernorm, self_attn
         self.post_attention_layernorm, self.mlp = post_attention_layernorm, mlp
 
-    def forward(self, x, pos, cache, window):
-        x = x + self.self_attn(self.input_layernorm(x), pos, cache, window)
+    def forward(self, x, pos, cache, window, docs):
+        x = x + self.self_attn(self.input_layernorm(x), pos, cache, window, docs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class RotaryLM(CausalLM):
-    """``lm_head(final_norm(layers(embed_tokens[ids])))``, each layer ``layer(x, pos, cache, window)`` with RoPE
+    """``lm_head(final_norm(layers(embed_tokens[ids])))``, each layer ``layer(x, pos, cache, window, docs)`` with RoPE
     positions: the Llama-style model. The final norm is stored as the attribute ``norm_name`` (the checkpoint's
     name for it); the LM head is untied unless the checkpoint ties it."""
 
@@ -250,12 +343,12 @@ class RotaryLM(CausalLM):
         self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, kv_heads, c.hidden // c.heads
 
-    def forward(self, input_ids, cache=None):
-        self.check_ids(input_ids, cache)
-        pos = positions(cache, input_ids.shape[1], input_ids.device)
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
+        pos = docs.positions if docs is not None else positions(cache, input_ids.shape[1], input_ids.device)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, pos, cache, self.window)
+            x = layer(x, pos, cache, self.window, docs)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.lm_head(getattr(self, self.norm_name)(x))

@@ -69,9 +69,9 @@ class Attention(nn.Module):
         if c.scale_by_layer:
             self.scale /= layer + 1
 
-    def forward(self, x, cache, window):
+    def forward(self, x, cache, window, docs):
         q, k, v = (heads(t, self.heads) for t in self.c_attn(x).split(self.hidden, dim=-1))
-        y = attend(q, k, v, cache, self.layer, window, scale=self.scale)
+        y = attend(q, k, v, cache, self.layer, window, scale=self.scale, docs=docs)
         return self.c_proj(merge_heads(y))
 
 
@@ -95,8 +95,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(c.hidden, c.eps)
         self.mlp = MLP(c)
 
-    def forward(self, x, cache, window):
-        x = x + self.attn(self.ln_1(x), cache, window)
+    def forward(self, x, cache, window, docs):
+        x = x + self.attn(self.ln_1(x), cache, window, docs)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -112,11 +112,12 @@ class GPT2(CausalLM):
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.heads, c.hidden // c.heads
         self.max_positions = c.positions
 
-    def forward(self, input_ids, cache=None):
-        self.check_ids(input_ids, cache)
-        x = self.wte(input_ids) + self.wpe(positions(cache, input_ids.shape[1], input_ids.device))
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
+        pos = docs.positions if docs is not None else positions(cache, input_ids.shape[1], input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)
         for block in self.h:
-            x = block(x, cache, self.window)
+            x = block(x, cache, self.window, docs)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.lm_head(self.ln_f(x))

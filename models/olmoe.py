@@ -83,12 +83,12 @@ class Attention(nn.Module):
         self.layer, self.heads, self.kv_heads = layer, c.heads, c.kv_heads
         self.clip_qkv, self.theta = c.clip_qkv, c.theta
 
-    def forward(self, x, pos, cache, window):
+    def forward(self, x, pos, cache, window, docs):
         q, k, v = self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(x)), self.v_proj(x)
         if self.clip_qkv is not None:
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q, k = kernels.partial_rope_qk(heads(q, self.heads), heads(k, self.kv_heads), pos, theta=self.theta)
-        y = attend(q, k, heads(v, self.kv_heads), cache, self.layer, window)
+        y = attend(q, k, heads(v, self.kv_heads), cache, self.layer, window, docs=docs)
         return self.o_proj(merge_heads(y))
 
 

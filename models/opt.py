@@ -70,9 +70,9 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(c.hidden, c.hidden, bias=c.bias)
         self.layer, self.heads = layer, c.heads
 
-    def forward(self, x, cache, window):
+    def forward(self, x, cache, window, docs):
         q, k, v = (heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(merge_heads(attend(q, k, v, cache, self.layer, window)))
+        return self.out_proj(merge_heads(attend(q, k, v, cache, self.layer, window, docs=docs)))
 
 
 class Layer(nn.Module):
@@ -89,11 +89,11 @@ class Layer(nn.Module):
         return kernels.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
                            activation=self.activation)
 
-    def forward(self, x, cache, window):
+    def forward(self, x, cache, window, docs):
         if self.pre_ln:
-            x = x + self.self_attn(self.self_attn_layer_norm(x), cache, window)
+            x = x + self.self_attn(self.self_attn_layer_norm(x), cache, window, docs)
             return x + self.mlp(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x + self.self_attn(x, cache, window))
+        x = self.self_attn_layer_norm(x + self.self_attn(x, cache, window, docs))
         return self.final_layer_norm(x + self.mlp(x))
 
 
@@ -111,14 +111,15 @@ class OPT(CausalLM):
         self.n_layers, self.n_kv_heads, self.head_dim = c.layers, c.heads, c.hidden // c.heads
         self.max_positions = c.positions
 
-    def forward(self, input_ids, cache=None):
-        self.check_ids(input_ids, cache)
+    def forward(self, input_ids, cache=None, *, cu_seqlens=None, position_ids=None):
+        docs = self.check_ids(input_ids, cache, cu_seqlens, position_ids)
         x = self.embed_tokens(input_ids)
         if self.project_in is not None:
             x = self.project_in(x)
-        x = x + self.embed_positions(positions(cache, input_ids.shape[1], input_ids.device) + POSITION_OFFSET)
+        pos = docs.positions if docs is not None else positions(cache, input_ids.shape[1], input_ids.device)
+        x = x + self.embed_positions(pos + POSITION_OFFSET)  # packed: each document's positions restart at 2
         for layer in self.layers:
-            x = layer(x, cache, self.window)
+            x = layer(x, cache, self.window, docs)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         if self.final_layer_norm is not None:

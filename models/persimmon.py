@@ -68,14 +68,14 @@ class Attention(nn.Module):
         self.layer, self.heads, self.qk_layernorm = layer, c.heads, c.qk_layernorm
         self.rotary_dim, self.theta = c.rotary_dim, c.theta
 
-    def forward(self, x, pos, cache, window):
+    def forward(self, x, pos, cache, window, docs):
         b, s, _ = x.shape
         q, k, v = self.query_key_value(x).view(b, s, self.heads, 3, -1).unbind(3)  # (b, s, heads, head_dim)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, s, head_dim)
         q, k = kernels.partial_rope_qk(q, k, pos, rotary_dim=self.rotary_dim, theta=self.theta)
-        return self.dense(merge_heads(attend(q, k, v, cache, self.layer, window)))
+        return self.dense(merge_heads(attend(q, k, v, cache, self.layer, window, docs=docs)))
 
 
 class MLP(nn.Module):

@@ -21,8 +21,9 @@ from kernels import _runtime as rt
 from kernels.library import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
-OPS = ("attention", "attention_backward", "layer_norm", "rms_norm", "norm_backward", "partial_rope",
-       "partial_rope_qk", "mlp", "mlp_backward", "topk_routing", "topk_routing_backward", "moe")
+OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",
+       "norm_backward", "partial_rope", "partial_rope_qk", "mlp", "mlp_backward", "topk_routing",
+       "topk_routing_backward", "moe", "moe_backward")
 
 
 def _randn(*shape, grad=False, scale=1.0, seed=0):
@@ -44,6 +45,16 @@ def _op_inputs(name):
     if name == "attention_backward":
         out, lse = torch.ops.playground.attention(q, k, v, True, 4, 0.25)
         return (torch.randn_like(out), q, k, v, out.detach(), lse, True, 4, 0.25)
+    if name.startswith("attention_varlen"):  # 3 sequences (one empty) packed, q a strided slice, GQA
+        cu_q = torch.tensor([0, 3, 3, 7], dtype=torch.int32, device=DEV)
+        cu_k = torch.tensor([0, 5, 6, 13], dtype=torch.int32, device=DEV)
+        qp = _randn(7, 8, 16, seed=9)[:, :6].requires_grad_()
+        kp, vp = _randn(13, 2, 16, grad=True, seed=10), _randn(13, 2, 16, grad=True, seed=11)
+        args = (qp, kp, vp, cu_q, cu_k, 4, 7, True, 3, 0.25)
+        if name == "attention_varlen":
+            return args
+        out, lse = torch.ops.playground.attention_varlen(*args)
+        return (torch.randn_like(out), qp, kp, vp, out.detach(), lse, cu_q, cu_k, 4, 7, True, 3, 0.25)
     if name in ("layer_norm", "rms_norm"):
         return (x, w, b, 1e-5) if name == "layer_norm" else (x, w, 1e-5)
     if name == "norm_backward":
@@ -63,9 +74,13 @@ def _op_inputs(name):
     if name == "topk_routing_backward":
         weights, ids = torch.ops.playground.topk_routing(logits, 4, False)
         return (torch.randn_like(weights), logits, ids, False)
+    moe_args = (_randn(7, 24, grad=True), _randn(8, 24, grad=True, scale=0.2), _randn(8, 32, 24, grad=True, scale=0.2),
+                _randn(8, 24, 16, grad=True, scale=0.2), 3, True)
+    if name == "moe_backward":
+        out, *saved = torch.ops.playground.moe(*moe_args, True)
+        return (torch.randn_like(out), *moe_args[:4], *saved, 3, True, [True, True, True, True])
     assert name == "moe"
-    return (_randn(7, 24), _randn(8, 24, scale=0.2), _randn(8, 32, 24, scale=0.2), _randn(8, 24, 16, scale=0.2), 3,
-            False)
+    return (*moe_args, True)
 
 
 def test_every_op_is_registered():

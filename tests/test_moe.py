@@ -1,12 +1,14 @@
 """The MoE layer beyond the generated tests: the dispatch's invariants, skewed and degenerate routing, every
-GEMM tile height, determinism, HF transformers' OlmoeSparseMoeBlock with the same weights, the grouped_mm peer,
-the forward-only guard, and NaN propagation (a token with NaN in x or NaN logits gets a NaN row)."""
+GEMM tile height, determinism (forward and backward), HF transformers' OlmoeSparseMoeBlock with the same weights,
+the grouped_mm peer, the backward (each gradient alone, experts with no token, bit-identical reruns, nothing kept
+for a backward when none is needed), and NaN propagation (a token with NaN in x or NaN logits gets a NaN row)."""
 
 import pytest
 import torch
 
 from kernels import _runtime as rt
 from kernels import force_config, moe
+from kernels.ops.moe import api as moe_api
 from kernels.ops.moe.api import _moe_forward, moe_dispatch
 from kernels.ops.moe.kernel_gemm import moe_down, moe_gate_up, tma_gate_up, tma_weights
 from kernels.ops.moe.reference import moe_grouped_mm, moe_reference
@@ -192,14 +194,70 @@ def test_grouped_mm_peer():
     assert _rel(moe_grouped_mm(*ours, **kwargs), ref) < (1e-5 if ours[0].dtype == torch.float32 else 2e-2)
 
 
-def test_raises_where_a_gradient_is_required():
+# ------------------------------------------------------------------------------------------------ backward
+
+
+def _grads(fn, args, kwargs, dout, needs=(True,) * 4):
+    """fn's output and its gradients (None where not asked) for the cotangent dout."""
+    args = [a.detach().clone().requires_grad_(n) for a, n in zip(args, needs)]
+    out = fn(*args, **kwargs)
+    wanted = [a for a in args if a.requires_grad]
+    grads = iter(torch.autograd.grad(out, wanted, dout))
+    return out, [next(grads) if a.requires_grad else None for a in args]
+
+
+def _dout(ours, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(ours[0].shape, generator=g, dtype=torch.float64).to(ours[0].device, ours[0].dtype)
+
+
+@pytest.mark.parametrize("which", range(4), ids=["x", "router_weight", "gate_up", "down"])
+def test_each_gradient_alone(which):
+    """Only one input requires a gradient: it gets the reference's, and the backward computes no other."""
+    ours, kwargs, _ = _case(tokens=7, experts=8, k=3, normalize=True)
+    dout = _dout(ours)
+    needs = tuple(i == which for i in range(4))
+    _, grads = _grads(moe, ours, kwargs, dout, needs)
+    _, ref = _grads(moe_reference, [a.double() for a in ours], kwargs, dout.double(), needs)
+    assert all((g is None) == (i != which) for i, g in enumerate(grads))
+    assert _rel(grads[which], ref[which]) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gradients_with_experts_that_get_no_token(dtype):
+    """Every token routes to the same 4 of 16 experts: the 12 others get exactly zero weight gradients (no token
+    reaches them; a program that skipped them would leave the NaN poison), the 4 used ones the reference's."""
+    ours, kwargs, _ = _case(dtype=dtype, tokens=11, experts=16, k=4, hot=4)
+    dout = _dout(ours)
+    _, grads = _grads(moe, ours, kwargs, dout)
+    _, ref = _grads(moe_reference, [a.double() for a in ours], kwargs, dout.double())
+    idle = ref[3].abs().sum(dim=(1, 2)) == 0
+    assert int(idle.sum()) == 12
+    for g in grads[2:]:
+        assert (g[idle.to(g.device)] == 0).all()
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for g, r in zip(grads, ref):
+        assert _rel(g, r) < tol
+
+
+@pytest.mark.parametrize("fn", [moe, moe_api.moe], ids=["kernels.moe", "api.moe"])
+def test_backward_is_deterministic(fn):
+    """The same inputs give the same bits, output and all four gradients (no atomics anywhere)."""
+    ours, kwargs, _ = _case(experts=8, k=4, tokens=20, hidden=40, inner=24, normalize=True)
+    dout = _dout(ours)
+    first, second = (_grads(fn, ours, kwargs, dout) for _ in range(2))
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+def test_nothing_is_kept_without_a_gradient():
+    """Inference (no input requires a gradient, or under no_grad) keeps nothing for a backward."""
     ours, kwargs, ref = _case(tokens=3)
-    for i in range(4):
-        args = [a.clone().requires_grad_(j == i) for j, a in enumerate(ours)]
-        with pytest.raises(NotImplementedError, match="no backward"):
-            moe(*args, **kwargs)
-    with torch.no_grad():  # no gradient wanted: fine, even on tensors that require grad
+    args = [a.clone().requires_grad_() for a in ours]
+    with torch.no_grad():
         assert _rel(moe(*args, **kwargs), ref) < 1e-5
+    out, *saved = torch.ops.playground.moe(*ours, kwargs["k"], kwargs["normalize"], False)
+    assert _rel(out, ref) < 1e-5 and all(t.numel() == 0 for t in saved)
 
 
 # ------------------------------------------------------------------------------------------------ NaN

@@ -193,6 +193,8 @@ GEMMS = [
     Gemm("mlp", "gemm", "BLOCK_M", "every matmul of the MLP, forward and backward"),
     Gemm("moe", "moe_gate_up", "BLOCK_M", "x @ [gate; up]^T per expert block (BLOCK_M from the dispatch)"),
     Gemm("moe", "moe_down", "BLOCK_M", "h @ down^T per expert block (BLOCK_M from the dispatch)"),
+    Gemm("moe", "moe_down_bwd", "BLOCK_M", "dout @ down per expert block, SwiGLU backward epilogue"),
+    Gemm("moe", "moe_weight_grad", "BLOCK_N", "dW[e] = L^T R over the expert's rows, a BLOCK_N-row tile of dW"),
 ]
 # Configs exempt from HGMMA, and why: tiles under 64 rows, for problems with few rows.
 EXEMPT = {

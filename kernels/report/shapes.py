@@ -11,7 +11,8 @@ case plus the first case of every variant that only a longer one launches (``col
 
 Inputs are built without computing them: compile-only mode runs nothing, and only shapes, strides, dtypes and
 alignment reach the compiler. :func:`build_case` makes the spec's case on fake tensors and swaps them for
-uninitialised real ones (integer tensors zeroed, so no host-side size is read from garbage); a ``make_case``
+uninitialised real ones (integer tensors zeroed, so no host-side size is read from garbage, unless the maker built
+them for real outside fake mode: varlen attention's prefix sums); a ``make_case``
 that reads its own data (the MoE's tie separation) runs for real with its random draws replaced by zeros.
 """
 
@@ -61,8 +62,12 @@ class _ZeroRandom(TorchDispatchMode):
 
 
 def _real(t):
+    from torch._subclasses.fake_tensor import FakeTensor
+
     if not isinstance(t, torch.Tensor):
         return t
+    if not isinstance(t, FakeTensor) and not t.is_floating_point():
+        return t  # integers a maker built for real on purpose (varlen attention's prefix sums steer its launches)
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
     return out.requires_grad_(t.requires_grad) if t.is_floating_point() else out.zero_()
 

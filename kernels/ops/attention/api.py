@@ -95,10 +95,10 @@ def _forward(q, k, v, causal, window, scale, num_splits=None):
     else:
         o_part, lse_part = o, lse  # unused
     attn_fwd[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H, splits)](
-        q, k, v, o, lse, o_part, lse_part,
+        q, k, v, o, lse, o_part, lse_part, None, None,
         q.stride(), k.stride(), v.stride(), o.stride(),
         H, M, N, a["group"], a["W"], scale * LOG2E, split_len, *a["buckets"],
-        D, a["block_d"], causal, a["windowed"], split, a["precision"], rt.tma_ok(q, k, v, o),
+        D, a["block_d"], causal, a["windowed"], split, False, a["precision"], rt.tma_ok(q, k, v, o),
     )
     if split:
         attn_combine[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
@@ -117,14 +117,14 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     )
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
-            D, a["block_d"], causal, a["windowed"], a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
+            D, a["block_d"], causal, a["windowed"], False, a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
-        q, k, v, do, lse, delta, dk, dv,
+        q, k, v, do, lse, delta, dk, dv, None, None,
         q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),
         H, M, N, *tail,
     )
     attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq,
+        q, k, v, do, lse, delta, dq, None, None,
         q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
         H, M, N, *tail,
     )
@@ -166,12 +166,17 @@ def check_args(q, k, v, causal, window, scale, reference=False):
     kv_heads, kv_len = k.shape[1], k.shape[2]
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"q_heads ({heads}) must be a multiple of kv_heads ({kv_heads}): k's dim 1")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_mask_args(causal, window, scale)
     if causal and q_len > kv_len:
         raise ValueError(f"with causal=True, q_len ({q_len}, q's dim 2) must be <= kv_len ({kv_len}, k's dim 2)")
     if kv_len == 0 and q_len > 0:
         raise ValueError(f"kv_len (k's dim 2) must be >= 1 when q_len > 0, got {kv_len}")
+
+
+def check_mask_args(causal, window, scale):
+    """causal, window and scale: their types and ranges (shared by attention and attention_varlen)."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if window is not None:
         if not causal:
             raise ValueError("window needs causal=True (a sliding window is causal); got causal=False")

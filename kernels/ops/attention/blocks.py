@@ -146,14 +146,46 @@ def store_rows(dst, strides, start, n_rows, offs_d, d_ok, tile, BLOCK_ROWS: tl.c
 
 
 @triton.jit
-def query_block(H, GROUP, M, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The query block of a program on the grid (query blocks, batch * q_heads, ...): its batch ``b``, query head
-    ``h``, the KV head ``hk`` that head reads, its first row ``start_m``, rows ``offs_m`` (``rows_m`` in int64, for
-    addresses; ``m_ok``: inside q_len) and head-dim columns ``offs_d`` (``d_ok``: inside the head dim)."""
+def sequence(seq, h, M, N, H, CU_SEQLENS_Q, CU_SEQLENS_K, VARLEN: tl.constexpr):
+    """Where sequence ``seq`` lies in the inputs, and its lengths: ``(q0, k0, M, N, stats)``.
+
+    Dense ``(batch, heads, seq_len, head_dim)`` tensors (``VARLEN`` off): sequence ``seq`` is batch ``seq``;
+    ``q0 = k0 = seq`` is what :func:`head_rows` multiplies by the batch stride, ``M, N`` (q_len, kv_len) pass
+    through, and ``stats = (seq * H + h) * M`` is the first row of head ``h`` in the ``(batch, heads, q_len)``
+    log-sum-exp (and delta) buffers.
+
+    Packed ``(total, heads, head_dim)`` tensors (``VARLEN`` on: FlashAttention's varlen layout): sequence
+    ``seq`` is rows ``[cu_q[seq], cu_q[seq + 1])`` of q and ``[cu_k[seq], cu_k[seq + 1])`` of k, v; the caller
+    passes the token stride as the "batch stride", so ``q0 = cu_q[seq]``, ``k0 = cu_k[seq]`` land
+    :func:`head_rows` on the sequence's first row. ``M, N`` come in as the totals (total_q, total_k) and leave as
+    this sequence's lengths; the statistics are ``(heads, total_q)``: ``stats = h * total_q + q0``.
+    """
+    if VARLEN:
+        q0 = tl.load(CU_SEQLENS_Q + seq).to(tl.int64)
+        k0 = tl.load(CU_SEQLENS_K + seq).to(tl.int64)
+        stats = h.to(tl.int64) * M + q0
+        M = (tl.load(CU_SEQLENS_Q + seq + 1) - q0).to(tl.int32)
+        N = (tl.load(CU_SEQLENS_K + seq + 1) - k0).to(tl.int32)
+    else:
+        q0 = seq.to(tl.int64)
+        k0 = q0
+        stats = (q0 * H + h) * M
+    return q0, k0, M, N, stats
+
+
+@triton.jit
+def query_block(H, GROUP, M, N, CU_SEQLENS_Q, CU_SEQLENS_K, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, VARLEN: tl.constexpr):
+    """The query block of a program on the grid (query blocks, sequences * q_heads, ...): where its sequence
+    lies (``q0, k0, M, N, stats``: :func:`sequence`), its query head ``h``, the KV head ``hk`` that head reads,
+    its first row ``start_m`` (within the sequence), rows ``offs_m`` (``rows_m`` in int64, for addresses;
+    ``m_ok``: inside the sequence's q_len) and head-dim columns ``offs_d`` (``d_ok``: inside the head dim).
+    Packed inputs: the grid covers the longest sequence, so ``start_m >= M`` happens (the caller returns)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
+    seq = pid_bh // H
     h = pid_bh % H
+    q0, k0, M, N, stats = sequence(seq, h, M, N, H, CU_SEQLENS_Q, CU_SEQLENS_K, VARLEN)
     hk = (h // GROUP).to(tl.int64)  # GQA: the KV head this query head reads
     h = h.to(tl.int64)
 
@@ -163,4 +195,4 @@ def query_block(H, GROUP, M, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOC
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
     m_ok = offs_m < M
     rows_m = offs_m.to(tl.int64)
-    return pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok
+    return pid_bh, q0, k0, M, N, stats, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok

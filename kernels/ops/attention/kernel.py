@@ -55,6 +55,11 @@ Strides: each (batch, heads, seq, head_dim) tensor comes with its four strides a
 (``strides_q = q.stride()``), so any layout is read in place (``blocks.head_rows``). ``blocks.query_block`` is
 the program -> (batch, query head, KV head, query rows) setup the forward and the backward's dQ share.
 
+Packed sequences (``VARLEN``, ``varlen.py``): the same kernels on FlashAttention's varlen layout. The batch
+axis of the grid becomes the sequences; a program reads its sequence's first rows and lengths from
+``cu_seqlens`` (``blocks.sequence``), returns if its query block lies past that sequence's end, and runs the code
+above on the sequence alone (its rows as one head's matrix, its TMA descriptors sized to it).
+
 The backward's kernels: ``kernel_bwd.py`` (split by pass, as FLA does: in one file they would pass 400 lines);
 what both share (mask, block walk, tile loads): ``blocks.py``.
 """
@@ -83,7 +88,7 @@ from .blocks import head_rows, key_range, load_rows, query_block, store_rows, vi
 
 SMEM_BUDGET = 200 * 1024
 # The autotuning key: the sizes in power-of-two buckets (so a new length does not retune) and the mask's kind.
-TUNE_KEY = ["BLOCK_D", "M_BUCKET", "N_BUCKET", "W_BUCKET", "CAUSAL", "WINDOWED", "TMA_FITS"]
+TUNE_KEY = ["BLOCK_D", "M_BUCKET", "N_BUCKET", "W_BUCKET", "CAUSAL", "WINDOWED", "VARLEN", "TMA_FITS"]
 
 # (BLOCK_M query rows resident, BLOCK_N keys streamed, num_warps, num_stages), each with TMA on and off
 FWD_TILES = [
@@ -114,8 +119,9 @@ MAX_BLOCK = max(max(m, n) for m, n, _, _ in FWD_TILES)  # the largest BLOCK_M / 
 def fits(configs, nargs, resident, streamed, n_resident, short_q, tensors):
     """The rule: keep the configs whose shared memory (above) is within SMEM_BUDGET, else the smallest one; drop
     the TMA configs unless TMA can read and write every tensor of ``tensors`` (names in ``nargs``); with
-    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M``) when a
-    shorter one is left. ``resident`` / ``streamed`` name the resident and streamed tiles' block sizes."""
+    ``short_q`` (the query tile is the resident one), then drop query tiles much taller than q_len (``M_BUCKET``:
+    q_len, or packed the longest sequence's, up to a power of two) when a shorter one is left. ``resident`` /
+    ``streamed`` name the resident and streamed tiles' block sizes."""
 
     def smem(c):
         return (n_resident * c.kwargs[resident] + c.num_stages * 2 * c.kwargs[streamed]) * block_d * esize
@@ -126,7 +132,7 @@ def fits(configs, nargs, resident, streamed, n_resident, short_q, tensors):
     fit = [c for c in configs if smem(c) <= SMEM_BUDGET]
     fit = fit or [min(configs, key=smem)]
     if short_q:  # short q: drop query tiles much taller than it
-        short = [c for c in fit if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(nargs["M"]))]
+        short = [c for c in fit if c.kwargs["BLOCK_M"] <= max(16, nargs["M_BUCKET"])]
         fit = short or fit
     return fit
 
@@ -168,24 +174,28 @@ def _fwd_block(state, ctx, start_n, M, N, W, qk_scale, MASK: tl.constexpr, CAUSA
 @rt.autotune(FWD_CONFIGS, key=TUNE_KEY + ["SPLIT"], default=FWD_DEFAULT, prune=fwd_fits)
 @triton.jit
 def attn_fwd(
-    Q, K, V, O, LSE, O_PART, LSE_PART, strides_q, strides_k, strides_v, strides_o,
+    Q, K, V, O, LSE, O_PART, LSE_PART, CU_SEQLENS_Q, CU_SEQLENS_K, strides_q, strides_k, strides_v, strides_o,
     H, M, N, GROUP, W, qk_scale, split_len,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    SPLIT: tl.constexpr, VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS
-    # grid: (query blocks, batch * q_heads, key splits)
+    # grid: (query blocks, batch * q_heads, key splits); packed (VARLEN): (query blocks of the longest
+    # sequence, sequences * q_heads, 1), and M, N are this program's sequence's lengths from here on
     pid_s = tl.program_id(2)
-    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
-        H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+    pid_bh, q0, k0, M, N, stats, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
+        H, GROUP, M, N, CU_SEQLENS_Q, CU_SEQLENS_K, HEAD_DIM, BLOCK_D, BLOCK_M, VARLEN)
+    if VARLEN:
+        if start_m >= M:  # past this sequence's end (the grid covers the longest): nothing to do
+            return
+    q_rows = head_rows(Q, strides_q, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
     q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, True, DESCRIBED)
-    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
-    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    k_rows = head_rows(K, strides_k, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    v_rows = head_rows(V, strides_v, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
 
     lo, full_lo, full_hi, hi = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     # This program's share of [lo, hi): the whole range, or chunk pid_s of the split (split_len is a
@@ -206,15 +216,16 @@ def attn_fwd(
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
     lse = m_i + tl.log2(l_safe)
-    if SPLIT:  # fp32 partials, (splits, batch * q_heads, q_len, head_dim) and (splits, batch * q_heads, q_len)
+    if SPLIT:  # fp32 partials, (splits, batch * q_heads, q_len, head_dim) and (splits, batch * q_heads, q_len);
+        # dense inputs only (the launch never splits packed ones)
         part = (pid_s * tl.num_programs(1) + pid_bh).to(tl.int64) * M
         tl.store(O_PART + (part + rows_m[:, None]) * HEAD_DIM + offs_d[None, :], o,
                  mask=m_ok[:, None] & d_ok[None, :])
         tl.store(LSE_PART + part + rows_m, lse, mask=m_ok)
     else:
-        o_rows = head_rows(O, strides_o, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        o_rows = head_rows(O, strides_o, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
         store_rows(o_rows, strides_o, start_m, M, offs_d, d_ok, o.to(O.dtype.element_ty), BLOCK_M, DESCRIBED)
-        tl.store(LSE + pid_bh.to(tl.int64) * M + rows_m, lse, mask=m_ok)
+        tl.store(LSE + stats + rows_m, lse, mask=m_ok)
 
 
 # A single config, not tuned: a light pass over the fp32 partials.

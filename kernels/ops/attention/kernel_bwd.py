@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ... import _runtime as rt
-from .blocks import d_mask, head_rows, key_range, load_rows, query_block, store_rows, visible, walk_blocks
+from .blocks import d_mask, head_rows, key_range, load_rows, query_block, sequence, store_rows, visible, walk_blocks
 from .kernel import TUNE_KEY, fits, tile_configs
 
 # Configs: see kernel.py's note (tiles times the TMA axis, the rules keep and fits). dK/dV: (BLOCK_M query rows
@@ -63,13 +63,16 @@ def attn_bwd_delta(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """delta_i = sum_d dO[i, d] * O[i, d]   (= rowsum(P * dP), the softmax backward's row term)."""
-    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(H, 1, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    o = load_rows(head_rows(O, strides_o, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_o, start_m, M,
+    # dense rows only: packed inputs come as one (1, heads, total_q, head_dim) batch (their delta rows are
+    # per token, whatever the sequence)
+    pid_bh, q0, k0, M, N, stats, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
+        H, 1, M, M, None, None, HEAD_DIM, BLOCK_D, BLOCK_M, False)
+    o = load_rows(head_rows(O, strides_o, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_o, start_m, M,
                   offs_d, d_ok, BLOCK_M, True, False)
-    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_do, start_m, M,
+    do = load_rows(head_rows(DO, strides_do, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False), strides_do, start_m, M,
                    offs_d, d_ok, BLOCK_M, True, False)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * M + rows_m, delta, mask=m_ok)
+    tl.store(DELTA + stats + rows_m, delta, mask=m_ok)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -107,30 +110,38 @@ def _dkdv_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUS
 @rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default=DKDV_DEFAULT, prune=dkdv_fits)
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS_Q, CU_SEQLENS_K,
+    strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS
-    # grid: (key blocks, batch * kv_heads)
+    # grid: (key blocks, batch * kv_heads); packed (VARLEN): (key blocks of the longest sequence,
+    # sequences * kv_heads), and M, N are this program's sequence's lengths from here on
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     HK = H // GROUP
-    b = (pid_bhk // HK).to(tl.int64)
+    seq = pid_bhk // HK
     hk = (pid_bhk % HK).to(tl.int64)
-
+    stats_per_head = M  # the lse / delta rows of one query head: q_len, or packed, total_q
+    q0, k0, M, N, stats = sequence(seq, hk * GROUP, M, N, H, CU_SEQLENS_Q, CU_SEQLENS_K, VARLEN)
     start_n = pid_n * BLOCK_N
+    q_desc_rows = M  # a TMA descriptor's shape: at least one row (a packed sequence may have no query)
+    if VARLEN:
+        if start_n >= N:  # past this sequence's end (the grid covers the longest): nothing to do
+            return
+        q_desc_rows = tl.maximum(M, 1)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = d_mask(offs_d, HEAD_DIM, BLOCK_D)
-    k = load_rows(head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_k, start_n, N,
+    k = load_rows(head_rows(K, strides_k, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_k, start_n, N,
                   offs_d, d_ok, BLOCK_N, True, DESCRIBED)
-    v = load_rows(head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_v, start_n, N,
+    v = load_rows(head_rows(V, strides_v, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED), strides_v, start_n, N,
                   offs_d, d_ok, BLOCK_N, True, DESCRIBED)
 
     # The query rows that see any key of [start_n, end_n), and those that see all of them (key rows past
@@ -154,17 +165,17 @@ def attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(GROUP):  # every query head that reads this KV head
         h = hk * GROUP + g
-        bh = b * H + h
-        q_rows = head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
-        do_rows = head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
-        ctx = (k, v, q_rows, do_rows, LSE + bh * M, DELTA + bh * M, strides_q, strides_do, offs_n, offs_d, d_ok)
+        stats_h = stats + g * stats_per_head
+        q_rows = head_rows(Q, strides_q, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        do_rows = head_rows(DO, strides_do, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+        ctx = (k, v, q_rows, do_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do, offs_n, offs_d, d_ok)
         dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
                              CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
 
     dk = dk * sm_scale
-    dk_rows = head_rows(DK, strides_dk, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    dk_rows = head_rows(DK, strides_dk, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
     store_rows(dk_rows, strides_dk, start_n, N, offs_d, d_ok, dk.to(DK.dtype.element_ty), BLOCK_N, DESCRIBED)
-    dv_rows = head_rows(DV, strides_dv, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    dv_rows = head_rows(DV, strides_dv, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
     store_rows(dv_rows, strides_dv, start_n, N, offs_d, d_ok, dv.to(DV.dtype.element_ty), BLOCK_N, DESCRIBED)
 
 
@@ -193,27 +204,31 @@ def _dq_block(state, ctx, start_n, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL
 @rt.autotune(DQ_CONFIGS, key=TUNE_KEY, default=DQ_DEFAULT, prune=dq_fits)
 @triton.jit
 def attn_bwd_dq(
-    Q, K, V, DO, LSE, DELTA, DQ, strides_q, strides_k, strides_v, strides_do, strides_dq,
+    Q, K, V, DO, LSE, DELTA, DQ, CU_SEQLENS_Q, CU_SEQLENS_K, strides_q, strides_k, strides_v, strides_do, strides_dq,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS
-    # grid: (query blocks, batch * q_heads)
-    pid_bh, b, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
-        H, GROUP, M, HEAD_DIM, BLOCK_D, BLOCK_M)
-    q = load_rows(head_rows(Q, strides_q, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_q, start_m, M,
+    # grid: (query blocks, batch * q_heads); packed (VARLEN): (query blocks of the longest sequence,
+    # sequences * q_heads), and M, N are this program's sequence's lengths from here on
+    pid_bh, q0, k0, M, N, stats, h, hk, start_m, offs_m, rows_m, m_ok, offs_d, d_ok = query_block(
+        H, GROUP, M, N, CU_SEQLENS_Q, CU_SEQLENS_K, HEAD_DIM, BLOCK_D, BLOCK_M, VARLEN)
+    if VARLEN:
+        if start_m >= M:  # past this sequence's end (the grid covers the longest): nothing to do
+            return
+    q = load_rows(head_rows(Q, strides_q, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_q, start_m, M,
                   offs_d, d_ok, BLOCK_M, True, DESCRIBED)
-    do = load_rows(head_rows(DO, strides_do, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_do, start_m, M,
-                   offs_d, d_ok, BLOCK_M, True, DESCRIBED)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * M + rows_m, mask=m_ok, other=0.0)
-    k_rows = head_rows(K, strides_k, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
-    v_rows = head_rows(V, strides_v, b, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    do = load_rows(head_rows(DO, strides_do, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED), strides_do, start_m,
+                   M, offs_d, d_ok, BLOCK_M, True, DESCRIBED)
+    lse = tl.load(LSE + stats + rows_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + stats + rows_m, mask=m_ok, other=0.0)
+    k_rows = head_rows(K, strides_k, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
+    v_rows = head_rows(V, strides_v, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
 
     bounds = key_range(start_m, M, N, W, CAUSAL, WINDOWED, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -221,5 +236,5 @@ def attn_bwd_dq(
     (dq,) = walk_blocks(_dq_block, (dq,), ctx, bounds, M, N, W, qk_scale, CAUSAL, WINDOWED, PRECISION, DESCRIBED,
                         BLOCK_N)
     dq = dq * sm_scale
-    dq_rows = head_rows(DQ, strides_dq, b, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+    dq_rows = head_rows(DQ, strides_dq, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
     store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(DQ.dtype.element_ty), BLOCK_M, DESCRIBED)

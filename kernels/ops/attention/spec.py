@@ -12,7 +12,8 @@ from ...spec import BadInput, Case, OpSpec, call
 from .api import attention
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
-from .reference import attention_reference, visible_mask
+from .reference import attention_reference, attention_varlen_reference, visible_mask
+from .varlen import attention_varlen
 
 
 def _make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0):
@@ -119,14 +120,21 @@ def _sdpa_peer():
     return sdpa
 
 
-def _flex_peer():
+def _flex():
+    """(create_block_mask, compiled flex_attention), or None without a GPU or FlexAttention."""
     if not rt.GPU or rt.INTERPRET:
         return None  # compiled FlexAttention needs a GPU (its CPU path compiles C++ for minutes)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:
         return None
-    compiled = torch.compile(flex_attention)
+    return create_block_mask, torch.compile(flex_attention)
+
+
+def _flex_peer():
+    if _flex() is None:
+        return None
+    create_block_mask, compiled = _flex()
 
     @functools.lru_cache(maxsize=32)
     def block_mask(q_len, kv_len, causal, window, device):
@@ -198,4 +206,259 @@ ATTENTION = OpSpec(
     bad_inputs=_bad_inputs(),
 )
 
-SPECS = (ATTENTION,)
+# ================================================================================================================
+# Packed variable-length attention (varlen.py)
+# ================================================================================================================
+#
+# dims: q_heads, kv_heads, head_dim, causal (True), window (None), and the sequences' lengths: "q_lens" and
+# "kv_lens" (tuples; kv_lens defaults to q_lens), or, for the sweeps, "seqlen" tokens split into "docs" documents
+# at random cut points (fixed by seqlen and docs, so the FLOPs below see the split the case was made with).
+
+
+def doc_lengths(total: int, docs: int) -> tuple[int, ...]:
+    """``total`` tokens in ``docs`` documents, cut at ``docs - 1`` uniform random points (an empty document
+    happens); the same split for the same arguments."""
+    g = torch.Generator().manual_seed(1000003 * total + docs)
+    cuts = sorted(torch.randint(0, total + 1, (max(docs - 1, 0),), generator=g).tolist())
+    bounds = [0, *cuts, total]
+    return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+def varlen_lengths(dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(q_lens, kv_lens) of the dims' sequences."""
+    if "q_lens" in dims:
+        q_lens = tuple(dims["q_lens"])
+        return q_lens, tuple(dims.get("kv_lens", q_lens))
+    lens = doc_lengths(dims["seqlen"], dims["docs"])
+    return lens, lens
+
+
+def cu_seqlens(lengths, device) -> torch.Tensor:
+    """(len(lengths) + 1,) int32 prefix sums, from 0."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+    # real even while a fake-tensor mode is on: the static report (kernels/report/shapes.py) builds cases on fake
+    # tensors and keeps real integer tensors as they are (the launch reads these values on the host)
+    with unset_fake_temporarily():
+        return torch.tensor(bounds, dtype=torch.int32, device=device)
+
+
+def _make_varlen_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0):
+    """contiguous=False gives what a model's fused projection produces: q, k, v are column slices of one packed
+    (total, q_heads + 2 * kv_heads, head_dim) buffer (q_len == kv_len per sequence), or of two (q, then k and v)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    hq, hk, d = dims["q_heads"], dims["kv_heads"], dims["head_dim"]
+    q_lens, kv_lens = varlen_lengths(dims)
+    total_q, total_k = sum(q_lens), sum(kv_lens)
+
+    def packed(rows, heads):
+        return torch.randn(rows, heads, d, generator=g).to(device=device, dtype=dtype)
+
+    if contiguous:
+        q, k, v = packed(total_q, hq), packed(total_k, hk), packed(total_k, hk)
+    elif q_lens == kv_lens:
+        qkv = packed(total_q, hq + 2 * hk)
+        q, k, v = qkv[:, :hq], qkv[:, hq:hq + hk], qkv[:, hq + hk:]
+    else:
+        kv = packed(total_k, 2 * hk + 1)
+        q, k, v = packed(total_q, hq + 1)[:, 1:], kv[:, :hk], kv[:, hk + 1:]
+    args = tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
+    return Case((*args, cu_seqlens(q_lens, device), cu_seqlens(kv_lens, device)),
+                {"causal": dims.get("causal", True), "window": dims.get("window")})
+
+
+def _varlen_dims(big):
+    from hypothesis import strategies as st  # test tooling: imported only when a test asks for the strategy
+
+    @st.composite
+    def draw_dims(draw):
+        kv_heads = draw(st.integers(1, 4 if big else 2))
+        group = draw(st.sampled_from([1, 2, 3]))
+        causal = draw(st.booleans() | st.just(True))
+        length = st.one_of(st.just(0), st.just(1), st.integers(2, 48),
+                           st.sampled_from([64, 97, 130] + ([700, 1500] if big else [])))
+        kv_lens = draw(st.lists(length, min_size=0, max_size=8 if big else 5))
+        q_lens = []
+        for n in kv_lens:  # causal: a sequence's queries are its last positions (q_len <= kv_len)
+            top = n if causal or n == 0 else 48
+            q_lens.append(draw(st.one_of(st.just(n), st.just(min(n, 1)), st.integers(0, top))))
+        head_dim = draw(st.one_of(st.integers(1, 40), st.sampled_from([64, 72, 96, 128, 256])))
+        window = None
+        if causal:
+            window = draw(st.one_of(st.none(), st.just(1), st.integers(2, 40), st.just(max(kv_lens, default=0) + 7)))
+        return {"q_heads": kv_heads * group, "kv_heads": kv_heads, "q_lens": tuple(q_lens),
+                "kv_lens": tuple(kv_lens), "head_dim": head_dim, "causal": causal, "window": window}
+
+    return draw_dims()
+
+
+def _varlen_sweep_cases(gpu):
+    if not gpu:
+        return [{"docs": 3, "q_heads": 2, "kv_heads": 1, "seqlen": s, "head_dim": 16, "window": w}
+                for w in (None, 16) for s in (32, 64, 128)]
+    seqlens = [512 * 2**i for i in range(6)]
+    return [{"docs": docs, "q_heads": 2048 // d, "kv_heads": 2048 // d, "seqlen": s, "head_dim": d, "window": w}
+            for d in (64, 128) for docs in (4, 16) for w in (None, 256) for s in seqlens]
+
+
+def _varlen_flops(dims, mode):
+    """The least work: 4 * head_dim FLOPs per visible (query, key) pair and head forward (q k^T and p v), within
+    each sequence only; the backward's five matmuls 2.5 times that (as for dense attention)."""
+    causal, window = dims.get("causal", True), dims.get("window")
+    pairs = sum(visible_pairs(m, n, causal, window) for m, n in zip(*varlen_lengths(dims)) if m > 0)
+    fwd = 4 * dims["head_dim"] * pairs * dims["q_heads"]
+    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[mode]
+
+
+def _varlen_bytes(dims, dtype, mode):
+    """The least traffic: every packed row read or written once (q, k, v in, o out; backward: q, o, dO, k, v in,
+    dq, dk, dv out) and the two int32 prefix sums; no padding."""
+    size = torch.finfo(dtype).bits // 8
+    q_lens, kv_lens = varlen_lengths(dims)
+    qsize = sum(q_lens) * dims["q_heads"] * dims["head_dim"] * size
+    kvsize = sum(kv_lens) * dims["kv_heads"] * dims["head_dim"] * size
+    cu = 2 * 4 * (len(q_lens) + 1)
+    fwd = 2 * qsize + 2 * kvsize + cu
+    bwd = 4 * qsize + 4 * kvsize + cu
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+def _sequences(cu_seqlens_q, cu_seqlens_k):
+    """[(q0, q1, k0, k1)] of each sequence, from the prefix sums."""
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    return list(zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]))
+
+
+def _sdpa_varlen_peer():
+    """PyTorch's SDPA sequence by sequence (what a model without a varlen kernel does)."""
+    sdpa = _sdpa_peer()
+
+    def per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
+                     window=None, scale=None):
+        outs = [q[:0]]
+        for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
+            if q1 > q0:
+                heads = [t.transpose(0, 1).unsqueeze(0) for t in (q[q0:q1], k[k0:k1], v[k0:k1])]
+                outs.append(sdpa(*heads, causal=causal, window=window, scale=scale)[0].transpose(0, 1))
+        return torch.cat(outs, 0)
+
+    return per_sequence
+
+
+def document_mask_mod(cu_seqlens_q, cu_seqlens_k, causal, window):
+    """FlexAttention's ``mask_mod`` over the packed rows: query row ``q_idx`` sees key row ``kv_idx`` iff both lie
+    in the same sequence and, inside it, the positions pass kernels.attention's mask (bottom-right causal,
+    window W: its W latest keys)."""
+    device = cu_seqlens_q.device
+    cu_q, cu_k = cu_seqlens_q.long(), cu_seqlens_k.long()
+    total_q, total_k = int(cu_q[-1]), int(cu_k[-1])
+    # each row's sequence: the last s with cu[s] <= row (empty sequences are skipped over)
+    doc_q = torch.searchsorted(cu_q, torch.arange(total_q, device=device), right=True) - 1
+    doc_k = torch.searchsorted(cu_k, torch.arange(total_k, device=device), right=True) - 1
+    # a query's position among its sequence's keys: kv_len - q_len + (row - q0)
+    pos_q = torch.arange(total_q, device=device) - cu_q[doc_q] + (cu_k[doc_q + 1] - cu_k[doc_q]) - (
+        cu_q[doc_q + 1] - cu_q[doc_q])
+    pos_k = torch.arange(total_k, device=device) - cu_k[doc_k]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        visible = doc_q[q_idx] == doc_k[kv_idx]
+        if causal:
+            visible = visible & (pos_k[kv_idx] <= pos_q[q_idx])
+            if window is not None:
+                visible = visible & (pos_q[q_idx] - pos_k[kv_idx] < window)
+        return visible
+
+    return mask_mod
+
+
+def _flex_varlen_peer():
+    if _flex() is None:
+        return None
+    create_block_mask, compiled = _flex()
+
+    def flex(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
+             window=None, scale=None):
+        # the block mask is built per call (the sweep times it too: a document mask changes with every batch)
+        mask = create_block_mask(document_mask_mod(cu_seqlens_q, cu_seqlens_k, causal, window), B=None, H=None,
+                                 Q_LEN=q.shape[0], KV_LEN=k.shape[0], device=str(q.device))
+        heads = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # (1, heads, total, head_dim)
+        out = compiled(*heads, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return out[0].transpose(0, 1)
+
+    return flex
+
+
+def _varlen_bad_inputs():
+    q, kv = torch.randn(7, 2, 8), torch.randn(7, 1, 8)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cu_one_of_2 = torch.tensor([0, 2], dtype=torch.int32)
+
+    def bad(label, error, match, *args, **kwargs):
+        full = dict(zip(("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), (q, kv, kv, cu, cu))) | dict(
+            zip(("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), args))
+        return BadInput(label, call(*full.values(), **kwargs), error, match)
+
+    return (
+        bad("rank", ValueError, "q must have rank 3", q[None]),
+        bad("int q", TypeError, "q must be float", q.int()),
+        bad("mixed dtypes", TypeError, "k has dtype", q, kv.half()),
+        bad("head dims", ValueError, "k must have q's head_dim", q, kv[..., :4], kv[..., :4]),
+        bad("v shape", ValueError, "v must have k's shape", q, kv, kv[:6]),
+        bad("gqa ratio", ValueError, "q_heads .* kv_heads", torch.randn(7, 3, 8), torch.randn(7, 2, 8),
+            torch.randn(7, 2, 8)),
+        bad("head_dim 257", ValueError, "head_dim", *(torch.randn(2, 1, 257),) * 3, cu_one_of_2, cu_one_of_2),
+        bad("cu int64", TypeError, "cu_seqlens_q must be int32", q, kv, kv, cu.long()),
+        bad("cu not a tensor", TypeError, "cu_seqlens_k must be a torch.Tensor", q, kv, kv, cu, [0, 3, 7]),
+        bad("cu rank", ValueError, "cu_seqlens_q must have shape", q, kv, kv, cu[None]),
+        bad("cu decreasing", ValueError, "cu_seqlens_k must start at 0 and never decrease", q, kv, kv, cu,
+            torch.tensor([0, 8, 7], dtype=torch.int32)),
+        bad("cu start", ValueError, "cu_seqlens_q must start at 0", q, kv, kv, cu + 1),
+        bad("cu last", ValueError, r"cu_seqlens_q\[-1\] \(6\) must be the total length of q", q, kv, kv,
+            torch.tensor([0, 3, 6], dtype=torch.int32)),
+        bad("cu lengths differ", ValueError, "same length", q, kv, kv, cu, torch.tensor([0, 7], dtype=torch.int32)),
+        bad("causal q_len > kv_len", ValueError, "sequence 0 .* 3 > 2", q, kv, kv, cu,
+            torch.tensor([0, 2, 7], dtype=torch.int32)),
+        bad("max_seqlen too small", ValueError, r"max_seqlen_q \(3\) is below", max_seqlen_q=3),
+        bad("max_seqlen float", TypeError, "max_seqlen_k must be an int", max_seqlen_k=4.0),
+        bad("window 0", ValueError, "window must be >= 1", window=0),
+        bad("window float", TypeError, "window must be an int", window=2.5),
+        bad("window non-causal", ValueError, "window needs causal", causal=False, window=4),
+        bad("causal not bool", TypeError, "causal must be a bool", causal=1),
+        bad("scale", TypeError, "scale must be", scale="big"),
+    )
+
+
+ATTENTION_VARLEN = OpSpec(
+    name="attention_varlen",
+    fn=attention_varlen,
+    reference=attention_varlen_reference,
+    make_case=_make_varlen_case,
+    dims=_varlen_dims,
+    # an empty sequence, a single token, 70 queries against 200 keys (the 64-row tiles cross the window's edge,
+    # unmasked interior blocks and the diagonal; every tile crosses the q_len and kv_len tails: attention's own
+    # config_dims cover the block walk at length), and a short sequence after it; GQA, head dim 24, window 150
+    config_dims={"q_heads": 2, "kv_heads": 1, "q_lens": (0, 1, 70, 20), "kv_lens": (3, 1, 200, 20),
+                 "head_dim": 24, "causal": True, "window": 150},
+    sweep_cases=_varlen_sweep_cases,
+    flops=_varlen_flops,
+    bytes_moved=_varlen_bytes,
+    tolerance={torch.float32: 1e-4, torch.float16: 3e-3},
+    grad_tolerance={torch.float32: 1e-4, torch.float16: 3e-3},
+    kernels=(attn_fwd, attn_bwd_dkdv, attn_bwd_dq),
+    peers={"sdpa": _sdpa_varlen_peer, "flex": _flex_varlen_peer},
+    bad_inputs=_varlen_bad_inputs(),
+    examples=(
+        # every sequence empty; only empty and single-token sequences; no sequence at all
+        {"q_heads": 2, "kv_heads": 2, "q_lens": (0, 0), "kv_lens": (0, 0), "head_dim": 16},
+        {"q_heads": 3, "kv_heads": 1, "q_lens": (1, 0, 1, 1), "kv_lens": (1, 0, 1, 1), "head_dim": 8, "window": 1},
+        {"q_heads": 2, "kv_heads": 1, "q_lens": (), "kv_lens": (), "head_dim": 8},
+        # queries without keys' ends: short q against long k (decode-like rows), non-causal with q_len > kv_len
+        {"q_heads": 4, "kv_heads": 2, "q_lens": (1, 2, 0), "kv_lens": (130, 5, 40), "head_dim": 72, "window": 50},
+        {"q_heads": 2, "kv_heads": 1, "q_lens": (9, 0, 3), "kv_lens": (4, 6, 3), "head_dim": 40, "causal": False},
+    ),
+)
+
+SPECS = (ATTENTION, ATTENTION_VARLEN)

@@ -19,11 +19,13 @@ The pipeline (7 launches, all on the device, no host synchronisation, no Python 
 
 The kernels, their math and tiling: ``kernel.py`` (1, 2), then ``kernel_gemm.py`` (3 to 5).
 
-What is stored vs recomputed. The gate/up pre-activations are never stored (SwiGLU is fused); the activation
-(``tokens*k x inner``) and the weighted per-pair rows (``tokens*k x hidden``) are, because each is produced by
-one grouped GEMM and consumed by another launch whose programs are organised differently (by expert vs by
-token); summing the k pairs of a token inside GEMM #2 would need atomics and lose determinism. The logits are
-not stored (forward only).
+What is stored vs recomputed. The activation (``tokens*k x inner``) and the weighted per-pair rows
+(``tokens*k x hidden``) are stored, because each is produced by one grouped GEMM and consumed by another launch
+whose programs are organised differently (by expert vs by token); summing the k pairs of a token inside GEMM #2
+would need atomics and lose determinism. In inference that is all. In training (a gradient is required) the
+forward also keeps the fp32 logits (``tokens x E``, from the router's registers) and the gate/up
+pre-activations ``[g | u]`` (``tokens*k x 2*inner``, from GEMM #1's epilogue): stored rather than recomputed,
+which would cost the backward a third more FLOPs (the reasoning in ``kernel_bwd.py``).
 
 NaN propagates, per token. A token whose x row has a NaN gets NaN logits; a token whose logits make the
 softmax undefined (a NaN, a +inf, or all -inf: from a NaN in x or in the router weight, or an fp32 overflow)
@@ -33,9 +35,20 @@ from pairs that went nowhere, and never an index past the expert tables. The oth
 unaffected: every GEMM row, every routing row and every combine row belongs to one token. (NaN in an expert's
 weights reaches, in the same way, exactly the tokens routed to that expert.)
 
-Forward only: a backward (grouped GEMMs with the roles of the operands swapped, plus the router's gradient
-from :mod:`kernels.ops.routing`) is future work; until then calling it where a gradient is required raises
-NotImplementedError.
+The backward (:func:`_backward`, 9 launches, deterministic: no atomics, every sum in a fixed order): the
+gradients of x, router_weight, gate_up and down, each computed only when asked for.
+
+6. ``moe_down_bwd`` (``kernel_bwd.py``): ``c = dout @ down[e]`` per expert block, its epilogue the SwiGLU
+   backward (``[dg | du]``, sorted rows) and each pair's routing-weight gradient ``<c, a>`` in column bands;
+7. the bands summed (torch, fixed order), then ``kernels.ops.routing``'s ``routing_bwd``: dlogits through the
+   softmax, the top-k selection (ids fixed: not differentiable) and the normalize renormalisation;
+8. ``moe_weight_grad`` twice: ``ddown[e] = sum (w dout)^T a`` and ``dgate_up[e] = sum [dg | du]^T x`` over the
+   expert's rows, one program per tile of the weight gradient (no atomics); an expert with no token gets zeros;
+9. ``moe_down`` (unweighted, gate_up read transposed): the pairs' ``[dg | du] @ gate_up[e]``, in pair order;
+10. the router GEMMs on the MLP's ``gemm`` kernel: ``dlogits @ router_weight`` (fp32) and
+    ``drouter = dlogits^T x``; ``moe_combine`` sums each token's k rows and the router term into dx.
+
+dlogits go into the router GEMMs in x's dtype (fp16/bf16 tensor-core operands), like HF's logits.
 """
 
 from __future__ import annotations
@@ -48,7 +61,11 @@ import triton
 from ... import _runtime as rt
 from ...common.precision import dot_precision
 from ..routing.api import check_k
+from ..mlp.api import _matmul
+from ..routing.kernel import block_e as routing_block_e
+from ..routing.kernel import routing_bwd
 from .kernel import MAX_EXPERTS, dispatch_count, dispatch_scan, dispatch_scatter, moe_router
+from .kernel_bwd import DW_BAND, moe_down_bwd, moe_weight_grad
 from .kernel_gemm import tma_gate_up, tma_weights, moe_combine, moe_down, moe_gate_up
 
 
@@ -115,6 +132,43 @@ def moe_dispatch(expert_ids: torch.Tensor, num_experts: int, block_m: int) -> Di
     return Dispatch(sorted_pairs, pair_rows, counts, offsets, block_m, num_blocks)
 
 
+class Saved(NamedTuple):
+    """What a training forward keeps for the backward (besides the inputs). rows = num_blocks * block_m.
+
+    logits: (tokens, E) fp32.  top_w: (tokens, k) fp32.  top_i: (tokens, k) int32.
+    sorted_pairs: (rows,), offsets: (E + 1,), counts: (E,) int32: the dispatch (:class:`Dispatch`).
+    act: (rows, inner) the SwiGLU activation, pre: (rows, 2*inner) [gate | up] pre-activations, x's dtype.
+    """
+
+    logits: torch.Tensor
+    top_w: torch.Tensor
+    top_i: torch.Tensor
+    sorted_pairs: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+    act: torch.Tensor
+    pre: torch.Tensor
+
+
+def layout(n_tokens: int, k: int, n_experts: int) -> tuple[int, int]:
+    """(block_m, num_blocks) of the dispatch for these sizes: a function of the shapes alone (the backward and
+    the library's fake implementation derive the saved tensors' shapes from it)."""
+    n_pairs = n_tokens * k
+    block_m = _pick_block_m(n_pairs, n_experts)
+    return block_m, n_pairs // block_m + min(n_experts, n_pairs)
+
+
+def saved_shapes(n_tokens: int, k: int, n_experts: int, inner: int) -> list[tuple]:
+    """The shapes of :class:`Saved`'s fields, in order."""
+    block_m, num_blocks = layout(n_tokens, k, n_experts)
+    rows = num_blocks * block_m
+    return [(n_tokens, n_experts), (n_tokens, k), (n_tokens, k), (rows,), (n_experts + 1,), (n_experts,),
+            (rows, inner), (rows, 2 * inner)]
+
+
+SAVED_DTYPES = (torch.float32, torch.float32, torch.int32, torch.int32, torch.int32, torch.int32, None, None)
+
+
 def _pick_block_m(n_pairs: int, n_experts: int) -> int:
     """The M tile of the grouped GEMMs, which is also the dispatch's padding. Small under the interpreter
     (programs are what costs there); on a GPU 128-row tiles once experts average >= 512 rows, else 64 (less
@@ -147,36 +201,49 @@ def _check(x, router_weight, gate_up, down, k):
 
 
 def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
+    """The layer's output (inference: nothing kept)."""
+    return _forward(x, router_weight, gate_up, down, k, normalize, block_m)[0]
+
+
+def _forward(x, router_weight, gate_up, down, k, normalize, block_m=None, train=False):
+    """(out, :class:`Saved` if ``train`` else None)."""
     hidden = x.shape[-1]
     n_experts, inner = router_weight.shape[0], down.shape[2]
     out = rt.empty(x.shape, x.dtype, x.device)
     x2, out2 = x.reshape(-1, hidden), out.view(-1, hidden)  # x2: a view whenever x's strides allow
     n_tokens = x2.shape[0]
     if n_tokens == 0:
-        return out
+        if not train:
+            return out, None
+        shapes = saved_shapes(0, k, n_experts, inner)
+        return out, Saved(*(torch.zeros(s, dtype=d or x.dtype, device=x.device)
+                            for s, d in zip(shapes, SAVED_DTYPES)))
     n_pairs = n_tokens * k
     block_m = block_m or _pick_block_m(n_pairs, n_experts)
     precision = dot_precision(x.dtype)
     block_e = _pow2_at_least(n_experts, 16)
 
-    # 1. router
+    # 1. router (training: the logits too)
     top_w = rt.empty((n_tokens, k), torch.float32, x.device)
     top_i = rt.empty((n_tokens, k), torch.int32, x.device)
+    logits = rt.empty((n_tokens, n_experts), torch.float32, x.device) if train else top_w
     moe_router[lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_M"]),)](
-        x2, router_weight, top_w, top_i, n_tokens, hidden, n_experts, k,
+        x2, router_weight, top_w, top_i, logits, n_tokens, hidden, n_experts, k,
         x2.stride(0), x2.stride(1), router_weight.stride(0), router_weight.stride(1),
-        NORMALIZE=bool(normalize), PRECISION=precision, BLOCK_E=block_e, BLOCK_TOPK=_pow2_at_least(k),
+        NORMALIZE=bool(normalize), STORE_LOGITS=train, PRECISION=precision, BLOCK_E=block_e,
+        BLOCK_TOPK=_pow2_at_least(k),
     )
     # 2. dispatch
     d = moe_dispatch(top_i, n_experts, block_m)
     # 3. gate/up grouped GEMM + SwiGLU
     h = rt.empty((d.num_blocks * block_m, inner), x.dtype, x.device)
+    pre = rt.empty((d.num_blocks * block_m, 2 * inner), x.dtype, x.device) if train else h
     moe_gate_up[lambda meta: (d.num_blocks * triton.cdiv(inner, meta["BLOCK_N"]),)](
-        x2, gate_up, h, d.sorted_pairs, d.offsets, d.counts,
+        x2, gate_up, h, pre, d.sorted_pairs, d.offsets, d.counts,
         n_experts, hidden, inner, k, d.num_blocks,
         x2.stride(0), x2.stride(1), gate_up.stride(0), gate_up.stride(1), gate_up.stride(2), h.stride(0),
-        W_K_MAJOR=gate_up.stride(2) == 1, TMA_FITS=rt.tma_ok(*tma_gate_up(gate_up)), PRECISION=precision,
-        BLOCK_E=block_e, BLOCK_M=block_m,
+        pre.stride(0), W_K_MAJOR=gate_up.stride(2) == 1, TMA_FITS=rt.tma_ok(*tma_gate_up(gate_up)),
+        STORE_PRE=train, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 4. down grouped GEMM, routing weight, scatter to pair order
     y = rt.empty((n_pairs, hidden), x.dtype, x.device)
@@ -184,27 +251,126 @@ def _moe_forward(x, router_weight, gate_up, down, k, normalize, block_m=None):
         h, down, y, d.sorted_pairs, d.offsets, d.counts, top_w,
         n_experts, hidden, inner, d.num_blocks,
         h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
-        D_K_MAJOR=down.stride(2) == 1, TMA_FITS=rt.tma_ok(h, tma_weights(down)), PRECISION=precision,
-        BLOCK_E=block_e, BLOCK_M=block_m,
+        D_K_MAJOR=down.stride(2) == 1, TMA_FITS=rt.tma_ok(h, tma_weights(down)), WEIGHTED=True,
+        PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
     )
     # 5. combine
+    _combine(y, None, out2, n_tokens, hidden, k)
+    if not train:
+        return out, None
+    return out, Saved(logits, top_w, top_i, d.sorted_pairs, d.offsets, d.counts, h, pre)
+
+
+def _combine(y, extra, out2, n_tokens, hidden, k):
+    """out2[t] = sum_j y[t*k + j] (+ extra[t])."""
     moe_combine[lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(hidden, meta["BLOCK_H"]))](
-        y, out2, n_tokens, hidden, k, y.stride(0), out2.stride(0), out2.stride(1),
+        y, y if extra is None else extra, out2, n_tokens, hidden, k, y.stride(0), out2.stride(0), out2.stride(1),
+        ADD_EXTRA=extra is not None,
     )
-    return out
+
+
+def _backward(dout, x, router_weight, gate_up, down, saved: Saved, k, normalize, needs):
+    """The gradients (dx, drouter_weight, dgate_up, ddown) for ``dout: x.shape``; None where ``needs`` (four
+    bools) says no. Stages 6 to 10 of the module doc; the kernels' math: ``kernel_bwd.py``."""
+    need_x, need_r, need_gu, need_dn = (bool(n) for n in needs)
+    hidden = x.shape[-1]
+    n_experts, inner = router_weight.shape[0], down.shape[2]
+    x2, dout2 = x.reshape(-1, hidden), dout.reshape(-1, hidden)
+    n_tokens, dt, dev = x2.shape[0], x.dtype, x.device
+    if n_tokens == 0:
+        grads = (torch.zeros_like(x), torch.zeros_like(router_weight), torch.zeros_like(gate_up),
+                 torch.zeros_like(down))
+        return tuple(g if n else None for g, n in zip(grads, (need_x, need_r, need_gu, need_dn)))
+    n_pairs = n_tokens * k
+    block_m, num_blocks = layout(n_tokens, k, n_experts)
+    precision = dot_precision(dt)
+    block_e = _pow2_at_least(n_experts, 16)
+    s = saved
+    dx = drouter = dgate_up = ddown = None
+
+    # 6. c = dout @ down[e]; [dg | du] and the routing-weight gradient's column bands from its epilogue
+    dpre = rt.empty((num_blocks * block_m, 2 * inner), dt, dev)
+    dw_bands = rt.empty((triton.cdiv(inner, DW_BAND), n_pairs), torch.float32, dev)
+    moe_down_bwd[lambda meta: (num_blocks * triton.cdiv(inner, meta["BLOCK_N"]),)](
+        dout2, down, s.pre, dpre, s.top_w, dw_bands, s.sorted_pairs, s.offsets, s.counts,
+        n_experts, hidden, inner, k, n_pairs, num_blocks,
+        dout2.stride(0), dout2.stride(1), down.stride(0), down.stride(1), down.stride(2), s.pre.stride(0),
+        dpre.stride(0), PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+    )
+    # 7. the router: dw (bands summed in a fixed order), then dlogits through softmax / top-k / normalize
+    if need_x or need_r:
+        dweights = dw_bands.sum(dim=0).view(n_tokens, k)
+        dlogits = rt.empty((n_tokens, n_experts), torch.float32, dev)
+        routing_bwd[lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_M"]),)](
+            s.logits, s.top_i, dweights, dlogits, n_tokens, n_experts, k,
+            s.logits.stride(0), s.logits.stride(1), s.top_i.stride(0), s.top_i.stride(1),
+            dweights.stride(0), dweights.stride(1), dlogits.stride(0), dlogits.stride(1),
+            NORMALIZE=bool(normalize), BLOCK_E=routing_block_e(n_experts), PICKS=min(_pow2_at_least(k), 8),
+        )
+        dlogits = dlogits.to(dt)  # the router GEMMs' operand, in x's dtype (a no-op in fp32)
+    # 8. the experts' weight gradients, one program per tile of dW[e]
+    if need_dn:
+        ddown = rt.empty(down.shape, down.dtype, dev)
+        _weight_grad(dout2, s.act, ddown, s, k, l_by_token=True, r_by_token=False)
+    if need_gu:
+        dgate_up = rt.empty(gate_up.shape, gate_up.dtype, dev)
+        _weight_grad(dpre, x2, dgate_up, s, k, l_by_token=False, r_by_token=True)
+    # 9./10. dx: the pairs' [dg | du] @ gate_up[e] (moe_down, gate_up read transposed), plus dlogits @ router
+    if need_x:
+        y = rt.empty((n_pairs, hidden), dt, dev)
+        moe_down[lambda meta: (num_blocks * triton.cdiv(hidden, meta["BLOCK_N"]),)](
+            dpre, gate_up, y, s.sorted_pairs, s.offsets, s.counts, s.top_w,
+            n_experts, hidden, 2 * inner, num_blocks,
+            dpre.stride(0), gate_up.stride(0), gate_up.stride(2), gate_up.stride(1), y.stride(0),
+            D_K_MAJOR=gate_up.stride(1) == 1, TMA_FITS=rt.tma_ok(dpre, tma_weights(gate_up.transpose(1, 2))),
+            WEIGHTED=False, PRECISION=precision, BLOCK_E=block_e, BLOCK_M=block_m,
+        )
+        dx_router = _matmul(dlogits, router_weight, rt.empty((n_tokens, hidden), torch.float32, dev))
+        dx = rt.empty(x.shape, dt, dev)
+        _combine(y, dx_router, dx.view(-1, hidden), n_tokens, hidden, k)
+    if need_r:
+        drouter = _matmul(dlogits.t(), x2, rt.empty(router_weight.shape, router_weight.dtype, dev))
+    return dx, drouter, dgate_up, ddown
+
+
+def _weight_grad(left, right, dw, s: Saved, k, *, l_by_token, r_by_token):
+    """dw[e] = sum over expert e's rows of left[row]^T right[row] (``moe_weight_grad``); dw: (E, n, c)."""
+    n_experts, n_dim, c_dim = dw.shape
+    per_program = triton.cdiv(n_experts, 4) if rt.INTERPRET else 1  # see moe_weight_grad's grid
+    moe_weight_grad[lambda meta: (triton.cdiv(n_experts, per_program) * triton.cdiv(n_dim, meta["BLOCK_N"])
+                                  * triton.cdiv(c_dim, meta["BLOCK_C"]),)](
+        left, right, dw, s.sorted_pairs, s.offsets, s.counts, s.top_w, n_experts, n_dim, c_dim, k, per_program,
+        left.stride(0), left.stride(1), right.stride(0), right.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
+        L_BY_TOKEN=l_by_token, R_BY_TOKEN=r_by_token, PRECISION=dot_precision(left.dtype),
+    )
+
+
+class _MoE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, router_weight, gate_up, down, k, normalize):
+        train = any(ctx.needs_input_grad[:4])
+        out, saved = _forward(x, router_weight, gate_up, down, k, normalize, train=train)
+        if train:
+            ctx.save_for_backward(x, router_weight, gate_up, down, *saved)
+        ctx.k, ctx.normalize = k, normalize
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, router_weight, gate_up, down, *saved = ctx.saved_tensors
+        grads = _backward(dout, x, router_weight, gate_up, down, Saved(*saved), ctx.k, ctx.normalize,
+                          ctx.needs_input_grad[:4])
+        return (*grads, None, None)
 
 
 def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
-    """HF OLMoE's sparse MoE block (``OlmoeSparseMoeBlock``) with the given weights; forward only.
+    """HF OLMoE's sparse MoE block (``OlmoeSparseMoeBlock``) with the given weights; differentiable in x and the
+    three weights (the top-k selection is not, the routing weights are).
 
     ``x: (..., hidden)``, ``router_weight: (E, hidden)``, ``gate_up: (E, 2*inner, hidden)`` (gate rows first),
     ``down: (E, hidden, inner)``; each token goes to its ``k`` most probable experts. A token with a NaN in x
     or an undefined router softmax (NaN / +inf logits, or all -inf) gets an all-NaN output row.
     """
     _check(x, router_weight, gate_up, down, k)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_weight, gate_up, down)):
-        raise NotImplementedError(
-            "moe has no backward yet: call it under torch.no_grad() / on tensors that do not require grad "
-            "(or use moe_reference for a differentiable path)")
-    return _moe_forward(x, router_weight, gate_up, down, k, normalize)
+    return _MoE.apply(x, router_weight, gate_up, down, k, bool(normalize))
 

@@ -4,7 +4,8 @@ pipeline). The grouped GEMMs and the combine (stages 3 to 5) are ``kernel_gemm.p
 1. ``moe_router`` — one program per ``BLOCK_M`` tokens computes the ``(BLOCK_M, E)`` logits tile with
    ``tl.dot`` (the whole expert dimension, E <= 256, is one tile) and, without the logits ever leaving
    registers, the softmax + top-k of :func:`kernels.common.topk.softmax_topk` (topk_routing's, NaN contract
-   included). Writes fp32 weights and int32 ids. Logits stay fp32 (HF rounds them to x's dtype first; we don't,
+   included). Writes fp32 weights and int32 ids, and in training the fp32 logits (the backward's input).
+   Logits stay fp32 (HF rounds them to x's dtype first; we don't,
    so near-ties are decided on the better value).
 2. Dispatch (``api.py``'s ``moe_dispatch``): the ``tokens * k`` (token, slot) *pairs* (pair ``p = t*k + j``) are
    sorted by expert — stably, so within an expert in pair order — into a layout where each expert's rows start
@@ -46,12 +47,14 @@ ROUTER_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_K": bk}, num_warps=w, num_
              default={"BLOCK_M": 64, "BLOCK_K": 64})
 @triton.jit
 def moe_router(
-    X, R, TopW, TopI,
+    X, R, TopW, TopI, Logits,
     n_tokens, hidden, n_experts, top_k,
     stride_xm, stride_xk, stride_re, stride_rk,
-    NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TOPK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    NORMALIZE: tl.constexpr, STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_TOPK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Logits (training only, ``STORE_LOGITS``): the fp32 ``(tokens, E)`` logits, contiguous, for the router's
+    backward (``kernels.ops.routing``'s ``routing_bwd`` recomputes the softmax from them)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_tokens
     rows64 = rows.to(tl.int64)
@@ -67,6 +70,8 @@ def moe_router(
         b = tl.load(R + experts[None, :] * stride_re + kk[:, None] * stride_rk,
                     mask=k_ok[:, None] & e_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if STORE_LOGITS:
+        tl.store(Logits + rows64[:, None] * n_experts + experts[None, :], acc, mask=row_ok[:, None] & e_ok[None, :])
     top_w, top_i = softmax_topk(acc, e_ok, top_k, NORMALIZE, BLOCK_E, BLOCK_TOPK)
     slots = tl.arange(0, BLOCK_TOPK)
     out = rows64[:, None] * top_k + slots[None, :]

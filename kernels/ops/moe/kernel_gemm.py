@@ -14,6 +14,10 @@ pipeline), on the expert-sorted, block-padded layout that ``kernel.py``'s dispat
    weight and *scatters* the row back to pair order: ``Y[t*k + j] = w[t, j] * down_e(h)``, in x's dtype.
 5. ``moe_combine`` — ``out[t] = sum_j Y[t*k + j]`` in fp32, slots in fixed order: deterministic, no atomics.
 
+The backward (``kernel_bwd.py``) reuses two of them: ``moe_down`` unweighted (``WEIGHTED=False``) with gate_up
+read transposed computes each pair's input gradient, and ``moe_combine`` sums them per token with the router's
+term added (``ADD_EXTRA``). In training ``moe_gate_up`` also stores the gate/up pre-activations (``STORE_PRE``).
+
 Both GEMMs order their programs in groups of ``GROUP_M`` M-blocks (``kernels.common.tiling.grouped_tile``) and
 accumulate ``tl.dot`` in fp32 with ``input_precision=PRECISION`` (``kernels/common/precision.py``).
 
@@ -144,12 +148,15 @@ GATE_UP_CONFIGS, GATE_UP_FMA = _gemm_configs([(64, 32, 4, 5), (64, 64, 8, 4), (1
              default={"BLOCK_N": 128, "BLOCK_K": 64, "TMA": True})
 @triton.jit
 def moe_gate_up(
-    X, W, H, SortedPairs, Offsets, Counts,
+    X, W, H, Pre, SortedPairs, Offsets, Counts,
     n_experts, hidden, inner, top_k, n_blocks,
-    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_hm,
-    W_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
+    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_hm, stride_pm,
+    W_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, TMA: tl.constexpr,
 ):
+    """H: (rows, inner) the SwiGLU activation; Pre (training only, ``STORE_PRE``): (rows, 2*inner) the gate and
+    up pre-activations ``[g | u]`` in x's dtype, sorted rows like H, for the backward (``kernel_bwd.py``)."""
     row0, rows, row_ok, e, pid_n, has_work = _block_of_expert(
         tl.program_id(0), n_blocks, tl.cdiv(inner, BLOCK_N), Offsets, Counts, n_experts, BLOCK_E, BLOCK_M, GROUP_M)
     # fp32's IEEE dots run on the FMA units out of registers: a TMA box only adds a transposing trip through
@@ -189,8 +196,19 @@ def moe_gate_up(
         acc_u = tl.dot(a, bu, acc_u, input_precision=PRECISION)
     # SwiGLU epilogue: silu(g) * u = g * sigmoid(g) * u
     h = acc_g * tl.sigmoid(acc_g) * acc_u
-    tl.store(H + rows.to(tl.int64)[:, None] * stride_hm + cols[None, :], h.to(H.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    rows64 = rows.to(tl.int64)
+    if STORE_PRE:
+        # training: whole tiles, padding rows and blocks past the last expert included (exact zeros there: their
+        # x rows load as 0, or the K loop has no trip), so the tensors saved for the backward, which the library
+        # op returns, hold no unwritten memory
+        out_mask = (rows < n_blocks * BLOCK_M)[:, None] & col_ok[None, :]
+    else:
+        out_mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(H + rows64[:, None] * stride_hm + cols[None, :], h.to(H.dtype.element_ty), mask=out_mask)
+    if STORE_PRE:
+        pre = Pre + rows64[:, None] * stride_pm + cols[None, :]
+        tl.store(pre, acc_g.to(Pre.dtype.element_ty), mask=out_mask)
+        tl.store(pre + inner, acc_u.to(Pre.dtype.element_ty), mask=out_mask)
 
 
 # (BLOCK_N of hidden, BLOCK_K of inner, warps, stages); a stage is BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N
@@ -199,7 +217,7 @@ DOWN_CONFIGS, DOWN_FMA = _gemm_configs([(128, 64, 8, 4), (256, 64, 8, 3), (128, 
                                        [(32, 32, 8, 3), (64, 32, 8, 3)])
 
 
-@rt.autotune(DOWN_CONFIGS, key=["hidden", "inner", "BLOCK_M", "D_K_MAJOR", "TMA_FITS"],
+@rt.autotune(DOWN_CONFIGS, key=["hidden", "inner", "BLOCK_M", "D_K_MAJOR", "TMA_FITS", "WEIGHTED"],
              prune=_keeper(DOWN_FMA, lambda a: [a["H"], tma_weights(a["D"])]),
              default={"BLOCK_N": 128, "BLOCK_K": 64, "TMA": True})
 @triton.jit
@@ -207,9 +225,13 @@ def moe_down(
     H, D, Y, SortedPairs, Offsets, Counts, RouteW,
     n_experts, hidden, inner, n_blocks,
     stride_hm, stride_de, stride_dn, stride_dk, stride_ym,
-    D_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_E: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
+    D_K_MAJOR: tl.constexpr, TMA_FITS: tl.constexpr, WEIGHTED: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, TMA: tl.constexpr,
 ):
+    """Y[pair] = w[pair] * (H[row] @ D[e]^T) (``WEIGHTED``; else without w), D: (E, hidden, inner) any strides.
+    The backward reuses it for the experts' input gradient: H = d[g | u] (rows, 2*inner), D = gate_up read
+    transposed (its strides swapped: (E, hidden, 2*inner)), unweighted."""
     row0, rows, row_ok, e, pid_n, has_work = _block_of_expert(
         tl.program_id(0), n_blocks, tl.cdiv(hidden, BLOCK_N), Offsets, Counts, n_experts, BLOCK_E, BLOCK_M, GROUP_M)
     n0 = pid_n * BLOCK_N
@@ -238,8 +260,9 @@ def moe_down(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     # epilogue: scale by the pair's routing weight, scatter the row back to pair order
     pair = tl.load(SortedPairs + rows, mask=row_ok, other=0).to(tl.int64)
-    w = tl.load(RouteW + pair, mask=row_ok, other=0.0)
-    tl.store(Y + pair[:, None] * stride_ym + cols[None, :], (acc * w[:, None]).to(Y.dtype.element_ty),
+    if WEIGHTED:
+        acc = acc * tl.load(RouteW + pair, mask=row_ok, other=0.0)[:, None]
+    tl.store(Y + pair[:, None] * stride_ym + cols[None, :], acc.to(Y.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -256,9 +279,10 @@ COMBINE_CONFIGS = [triton.Config({"BLOCK_T": t, "BLOCK_H": h}, num_warps=w)
 @rt.autotune(COMBINE_CONFIGS, key=["hidden", "top_k"], default={"BLOCK_T": 32, "BLOCK_H": 256})
 @triton.jit
 def moe_combine(
-    Y, Out, n_tokens, hidden, top_k, stride_ym, stride_om, stride_oh,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    Y, Extra, Out, n_tokens, hidden, top_k, stride_ym, stride_om, stride_oh,
+    ADD_EXTRA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    """Out[t] = sum_j Y[t*k + j] (+ Extra[t], a contiguous fp32 (tokens, hidden): the backward's router term)."""
     toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (toks < n_tokens)[:, None] & (cols < hidden)[None, :]
@@ -266,4 +290,6 @@ def moe_combine(
     acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
     for j in range(0, top_k):  # fixed slot order: the sum is the same on every run
         acc += tl.load(Y + (toks64 * top_k + j)[:, None] * stride_ym + cols[None, :], mask=mask).to(tl.float32)
+    if ADD_EXTRA:
+        acc += tl.load(Extra + toks64[:, None] * hidden + cols[None, :], mask=mask)
     tl.store(Out + toks64[:, None] * stride_om + cols[None, :] * stride_oh, acc.to(Out.dtype.element_ty), mask=mask)

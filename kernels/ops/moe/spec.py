@@ -8,6 +8,7 @@ import torch
 from ...spec import BadInput, Case, OpSpec, call
 from .api import moe
 from .kernel import moe_router
+from .kernel_bwd import moe_down_bwd, moe_weight_grad
 from .kernel_gemm import moe_combine, moe_down, moe_gate_up
 from .reference import moe_grouped_mm, moe_reference
 
@@ -104,15 +105,42 @@ def _sweep_cases(gpu):
 
 
 def _flops(dims, mode):
+    """The least FLOPs: the matmuls (2 per multiply-add), with P = tokens*k pairs, h = hidden, i = inner.
+
+    forward   router 2*t*h*E  + gate/up 2*P*h*2i + down 2*P*i*h                     = 2thE + 6Phi
+    backward  the router's two, dlogits @ router (2thE) and dlogits^T x (2thE), and four per expert GEMM
+              pair: c = dout @ down (2Phi), ddown (2Phi), dx = [dg|du] @ gate_up (4Phi), dgate_up (4Phi)
+                                                                                     = 4thE + 12Phi
+    (the routing-weight gradient <c, a> and the SwiGLU backward are elementwise: O(P*i), not counted; a
+    recomputation of the gate/up GEMM, which this implementation avoids by storing [g | u], would add 4Phi.)
+    """
     t, hd, inner, n_e, k = _tokens(dims), dims["hidden"], dims["inner"], dims["experts"], dims["k"]
-    return 2 * t * hd * n_e + 2 * t * k * 3 * inner * hd  # router + gate/up + down (forward only)
+    pairs = t * k
+    fwd = 2 * t * hd * n_e + 6 * pairs * inner * hd
+    bwd = 4 * t * hd * n_e + 12 * pairs * inner * hd
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
 def _bytes(dims, dtype, mode):
+    """The least traffic in ``dtype`` (B bytes an element; fp32 for the router's values), E' = experts in use.
+
+    forward   x in, out, the router weight, the used experts' weights (3*i*h each)
+              = B (2th + Eh + 3E'ih)
+    backward  what the gradients need at the least: dout, x, the router weight and the used experts' weights
+              read; dx, drouter, dgate_up and ddown written (every expert's: the unused get zeros); and what the
+              forward must leave for it, read once: the routing (fp32 weights, int32 ids), the fp32 logits, the
+              activation and the gate/up pre-activations per pair (3i a pair: the price of not recomputing)
+              = B (3th + 2Eh + 3E'ih + 3Eih + 3Pi) + 4 (2tk + tE)
+    fwd+bwd   both, and the forward's stores of the saved values (the same sizes again): a training step's
+              traffic when nothing stays on chip between the passes.
+    """
     size = torch.finfo(dtype).bits // 8
     t, hd, inner, n_e, k = _tokens(dims), dims["hidden"], dims["inner"], dims["experts"], dims["k"]
     used = min(n_e, t * k) if not dims.get("hot") else min(n_e, max(dims["hot"], k))
-    return size * (2 * t * hd + n_e * hd + used * 3 * inner * hd)  # x in, out, router, the used experts
+    fwd = size * (2 * t * hd + n_e * hd + used * 3 * inner * hd)
+    saved = size * 3 * t * k * inner + 4 * (2 * t * k + t * n_e)
+    bwd = size * (3 * t * hd + 2 * n_e * hd + used * 3 * inner * hd + n_e * 3 * inner * hd) + saved
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + saved + bwd}[mode]
 
 
 def _peer_grouped_mm():
@@ -135,7 +163,6 @@ def _bad_inputs():
         BadInput("k > experts", call(x, r, gu, dn, k=9), ValueError, "k must be"),
         BadInput("too many experts", call(x, torch.randn(257, 16), torch.randn(257, 24, 16),
                                           torch.randn(257, 16, 12), k=2), ValueError, "router_weight must have 1.."),
-        BadInput("requires grad", call(x.clone().requires_grad_(), r, gu, dn, k=2), NotImplementedError, "no backward"),
     ]
     if torch.cuda.is_available():
         bad.append(BadInput("devices", lambda: Case((x.detach().cuda(), r, gu, dn), {"k": 2}), ValueError,
@@ -154,8 +181,8 @@ MOE = OpSpec(
     flops=_flops,
     bytes_moved=_bytes,
     tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
-    grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},  # unused: forward only
-    kernels=(moe_router, moe_gate_up, moe_down, moe_combine),
+    grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
+    kernels=(moe_router, moe_gate_up, moe_down, moe_combine, moe_down_bwd, moe_weight_grad),
     # the expert ids and the dispatch decide which blocks the GEMMs run: counted whole, never sampled
     count_exact=("moe_router", "dispatch_count", "dispatch_scan", "dispatch_scatter"),
     examples=(
@@ -166,7 +193,7 @@ MOE = OpSpec(
     ),
     peers={"grouped_mm": _peer_grouped_mm},
     bad_inputs=_bad_inputs(),
-    modes=("fwd",),
+    modes=("fwd", "bwd", "fwd+bwd"),
     # The reference loops in Python over the experts that were hit, with data-dependent shapes (nonzero, where):
     # torch.compile graph-breaks and recompiles on it, so it is no meaningful baseline.
     compile_reference=False,
