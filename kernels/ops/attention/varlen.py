@@ -45,7 +45,7 @@ from ... import _runtime as rt
 from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout, check_mask_args
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
-from ...common.precision import dot_precision
+from ...common.precision import attention_dot_precision
 
 
 def _as_4d(t: torch.Tensor):
@@ -137,7 +137,7 @@ def _common_args(q, k, max_seqlen_q, max_seqlen_k, causal, window):
     windowed = causal and window is not None and window < max_seqlen_k  # a window >= every kv_len hides nothing
     return dict(heads=heads, head_dim=head_dim, group=heads // k.shape[1], windowed=windowed,
                 W=int(window) if windowed else 0, block_d=max(16, triton.next_power_of_2(head_dim)),
-                precision=dot_precision(q.dtype),
+                precision=attention_dot_precision(q.dtype),
                 buckets=(_bucket(max_seqlen_q), _bucket(max_seqlen_k), _bucket(window) if windowed else 0))
 
 
