@@ -253,9 +253,9 @@ def _spill_params():
     params, seen = [], set()
     for name, spec in OPS.items():
         for tuned in op_kernels(spec):
-            if (tuned.name, spec.fn.__module__) in seen:
-                continue  # layer_norm and rms_norm share their kernels: one test each, over both ops' rows
-            seen.add((tuned.name, spec.fn.__module__))
+            if (tuned.name, tuned.fn.__module__) in seen:
+                continue  # ops that share kernels (layer_norm and rms_norm; attention and attention_varlen): one
+            seen.add((tuned.name, tuned.fn.__module__))  # test each, over every op's rows
             for index in range(len(tuned.configs)):
                 reason = XFAIL_SPILLS.get((tuned.name, index))
                 marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []

@@ -138,8 +138,14 @@ def fits(configs, nargs, resident, streamed, n_resident, short_q, tensors):
 
 
 def fwd_fits(configs, nargs):
-    """The forward's rule: q resident (BLOCK_M rows), k and v streamed (BLOCK_N rows)."""
-    return fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
+    """The forward's rule: q resident (BLOCK_M rows), k and v streamed (BLOCK_N rows). Packed sequences
+    (``VARLEN``) keep the 16-row decode tiles only for a decode batch (every sequence <= 16 queries): on longer
+    ones they are the slowest choice, and at head dim 128 the packed variant's few extra registers take them past
+    the 128 that ptxas gives them (4-8 bytes of spill, ``python -m kernels.report attention_varlen``)."""
+    fit = fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
+    if nargs.get("VARLEN") and nargs["M_BUCKET"] > 16:
+        fit = [c for c in fit if c.kwargs["BLOCK_M"] > 16] or fit
+    return fit
 
 
 # --------------------------------------------------------------------------------------------------------------
