@@ -1,0 +1,230 @@
+"""The Triton kernel libraries a user of this project would otherwise pick, as sweep peers of our ops.
+
+Liger-Kernel (``liger-kernel==0.8.5``) and flash-linear-attention (``fla-core==0.6.0``), pinned in the ``peers``
+extra (``pip install .[peers]``; ``scripts/setup.sh`` installs it). Each factory below answers a callable with
+our op's signature (``OpSpec.peers``), or None when its library is not installed (the sweep lists it once as
+unavailable). The callables are thin adapters: they call the library's own autograd Functions, whose Triton
+kernels then run wherever ours do (a GPU, the interpreter, compile-only mode), so the counters, the H100 model
+and the static report see their kernels exactly as they see ours. No kernel code is copied here.
+
+One file for both libraries, not a ``peers.py`` per op folder: the adapters share the import guard, the
+interpreter work-arounds and the descriptions below, and what they adapt is another library, not our op.
+
+What stands against what (``DESCRIPTIONS``, also in the README):
+
+* ``layer_norm`` / ``rms_norm``: ``LigerLayerNormFunction`` / ``LigerRMSNormFunction`` (casting mode "llama",
+  as our reference: normalise in fp32, cast, then scale). Same semantics.
+* ``partial_rope``: ``LigerRopeFunction`` with ``rotary_dim`` (Liger 0.8.5 rotates the leading ``rotary_dim``
+  channels, as ours), at both rotary fractions of the sweep. Liger takes cos/sin tables (a model computes them
+  once per forward for all layers), so the adapter builds them outside the count; ours computes them in the
+  kernel from the positions. Liger rotates a q and a k in one launch and cannot be given no k: the adapter
+  passes a one-head k, 1/heads extra work in Liger's rows. Liger works in (batch, seq, heads, head_dim) memory:
+  our (batch, heads, seq, head_dim) input is copied into that layout by its wrapper (counted, its traffic).
+* ``mlp`` (ours: linear, squared ReLU, linear, with biases): Liger's ``relu_squared`` kernel is only the
+  activation; the two linears around it are torch (cuBLAS on a GPU, the aten counter here). Liger's own MLP
+  (``LigerMLPFunction``) is a gated SwiGLU MLP without biases: a different function, not compared.
+* ``moe`` (ours: router, top-k, gather, gate/up GEMM, SwiGLU, down GEMM, weighted sum): Liger's ``fused_moe``
+  (``LigerFusedMoEFunction``) is everything after the top-k; the router GEMM, softmax and top-k are torch, as in
+  our reference. Same weight layouts (gate_up (E, 2I, H), gate first; down (E, H, I)).
+* ``attention``: FLA's ``parallel_attn`` (causal softmax attention, GQA). fla-core 0.6.0 has a sliding window
+  (``window_size``: keys ``[i - W + 1, i]``, ours' definition), so windowed cases are compared too. It works in
+  (batch, seq, heads, head_dim) memory: our layout is copied in and out (counted). It is causal only and needs
+  q_len == kv_len: other cases raise :class:`kernels.spec.NotComparable` (no row).
+
+Under the interpreter and in compile-only mode there is no driver to benchmark with, so Liger's autotuned MoE
+kernels are pinned to the one config Liger itself pins with ``LIGER_FUSED_MOE_AUTOTUNE=0`` (set here, before
+Liger is imported); on a GPU they autotune as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import _runtime as rt
+from .spec import NotComparable
+
+PINNED = {"liger-kernel": "0.8.5", "fla-core": "0.6.0"}
+
+if rt.INTERPRET or rt.COMPILE_ONLY:
+    os.environ.setdefault("LIGER_FUSED_MOE_AUTOTUNE", "0")
+
+# Liger's routing kernels: later launches read their outputs, so the counters must run them whole (OpSpec.count_exact).
+LIGER_MOE_EXACT = ("_moe_router_histogram_kernel", "_moe_router_prefix_sum_kernel", "_moe_router_scatter_kernel")
+
+DESCRIPTIONS = {
+    "layer_norm": {"liger": "Liger LigerLayerNormFunction: same op"},
+    "rms_norm": {"liger": "Liger LigerRMSNormFunction (casting mode llama): same op"},
+    "partial_rope": {"liger": "Liger LigerRopeFunction with rotary_dim; cos/sin tables made outside the count "
+                              "(ours computes them in-kernel); a one-head dummy k; copies into (b, s, h, d)"},
+    "mlp": {"liger": "Liger relu_squared kernel for the activation only; both linears are torch (cuBLAS)"},
+    "moe": {"liger": "Liger fused_moe (LigerFusedMoEFunction) after a torch router (linear, softmax, top-k)"},
+    "attention": {"fla": "FLA parallel_attn (fla-core 0.6.0), causal, GQA, window_size; copies into (b, s, h, d)"},
+}
+
+
+def _module(name: str):
+    """The module, or None when its package is not installed (the peer is then unavailable)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+class _InterpretedScalar(float):
+    """A float that answers ``.to(dtype)``: Liger's norm kernels call ``eps.to(tl.float32)`` on a scalar argument,
+    which compiled Triton passes as an fp32 scalar but the interpreter as a Python float. Only under the
+    interpreter; compiled code gets the plain float."""
+
+    def to(self, dtype):
+        return self
+
+
+def _scalar(value: float) -> float:
+    return _InterpretedScalar(value) if rt.INTERPRET else float(value)
+
+
+def _liger_norm_module(name: str):
+    """Liger's norm module; under the interpreter its ``rsqrt`` (libdevice's, which the interpreter does not
+    implement: it returns None) is rebound to ``tl.rsqrt``, the same function. Compiled code keeps libdevice's."""
+    mod = _module(name)
+    if mod is not None and rt.INTERPRET:
+        import triton.language as tl
+
+        # looked up at each call: the interpreter swaps tl's functions for its own only while a kernel runs
+        mod.rsqrt = lambda x: tl.rsqrt(x)
+    return mod
+
+
+# ------------------------------------------------------------------------------------------------ Liger
+
+
+def liger_layer_norm():
+    mod = _liger_norm_module("liger_kernel.ops.layer_norm")
+    if mod is None:
+        return None
+
+    def liger_layer_norm(x, weight=None, bias=None, eps=1e-5):
+        hidden = x.shape[-1]
+        weight = torch.ones(hidden, dtype=x.dtype, device=x.device) if weight is None else weight
+        bias = torch.zeros(hidden, dtype=x.dtype, device=x.device) if bias is None else bias
+        return mod.LigerLayerNormFunction.apply(x, weight, bias, _scalar(eps))
+
+    return liger_layer_norm
+
+
+def liger_rms_norm():
+    mod = _liger_norm_module("liger_kernel.ops.rms_norm")
+    if mod is None:
+        return None
+
+    def liger_rms_norm(x, weight=None, eps=1e-6):
+        weight = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device) if weight is None else weight
+        # offset 0, casting "llama" (our reference's order: normalise in fp32, cast, scale), not in place (the
+        # backward would otherwise write dx over the caller's dy)
+        return mod.LigerRMSNormFunction.apply(x, weight, _scalar(eps), _scalar(0.0), "llama", False, None)
+
+    return liger_rms_norm
+
+
+def _rope_tables(positions, rotary_dim, theta, dtype, device):
+    """cos/sin as a model hands them to Liger: (seq, rotary_dim) or (batch, seq, rotary_dim), the angles
+    duplicated, from the same fp32 ``inv_freq`` as our kernel and reference; outside the count."""
+    from .ops.rope.reference import inv_freq
+    from .perf.counters import uncounted
+
+    with uncounted():
+        angle = positions.float()[..., None] * inv_freq(rotary_dim, float(theta), device)
+        emb = torch.cat((angle, angle), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def liger_rope():
+    mod = _module("liger_kernel.ops.rope")
+    if mod is None:
+        return None
+    cache = {}
+
+    def liger_rope(x, positions, *, rotary_dim=None, theta=10000.0):
+        rotary_dim = x.shape[-1] if rotary_dim is None else rotary_dim
+        key = (positions.data_ptr(), tuple(positions.shape), rotary_dim, float(theta), x.dtype, str(x.device))
+        if key not in cache:  # one table per positions, as a model makes once per forward
+            cache.clear()
+            cache[key] = _rope_tables(positions, rotary_dim, theta, x.dtype, x.device)
+        cos, sin = cache[key]
+        # Liger rotates q and k together and needs at least one k head (a zero-head k makes an empty tl.arange)
+        k = torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
+        q_out, _ = mod.LigerRopeFunction.apply(x, k, cos, sin, None, 1, rotary_dim)
+        return q_out
+
+    return liger_rope
+
+
+def liger_relu2_mlp():
+    mod = _module("liger_kernel.ops.relu_squared")
+    if mod is None:
+        return None
+
+    def liger_relu2_mlp(x, w_in, b_in, w_out, b_out, *, activation="relu2"):
+        if activation != "relu2":
+            raise NotComparable(f"Liger has relu_squared, not {activation!r}")
+        h = F.linear(x, w_in, b_in)
+        return F.linear(mod.LigerReLUSquaredFunction.apply(h), w_out, b_out)
+
+    return liger_relu2_mlp
+
+
+def liger_moe():
+    mod = _module("liger_kernel.ops.fused_moe")
+    if mod is None:
+        return None
+
+    def liger_moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
+        shape, hidden = x.shape, x.shape[-1]
+        h = x.reshape(-1, hidden)
+        probs = torch.softmax(F.linear(h, router_weight), dim=-1, dtype=torch.float32)
+        weights, ids = torch.topk(probs, k, dim=-1)
+        if normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = mod.LigerFusedMoEFunction.apply(h, gate_up, down, ids.to(torch.int32), weights.to(x.dtype))
+        return out.reshape(shape)
+
+    return liger_moe
+
+
+# ------------------------------------------------------------------------------------------------ FLA
+
+
+def fla_attention():
+    mod = _module("fla.ops.attn.parallel")
+    if mod is None:
+        return None
+
+    def fla_attention(q, k, v, *, causal=True, window=None, scale=None):
+        if not causal:
+            raise NotComparable("FLA's parallel_attn is causal only")
+        if q.shape[2] != k.shape[2]:
+            raise NotComparable("FLA's parallel_attn needs q_len == kv_len")
+        o = mod.parallel_attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale,
+                              window_size=window)
+        return o.transpose(1, 2)
+
+    return fla_attention
+
+
+@functools.cache
+def installed() -> dict:
+    """{package: its installed version or None}: what the README's set-up installs, as this process has it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in PINNED:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
