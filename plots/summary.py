@@ -88,8 +88,8 @@ def versus(df: pd.DataFrame) -> pd.DataFrame:
                       "peer_errors": int((bad.loc[group.index] & (group["provider"] == peer)).sum())}
             both = ours.merge(theirs, on=["params", "seqlen"], suffixes=("_ours", "_peer"))
             if not both.empty:
-                size = {c: pd.to_numeric(both.get(f"{c}_ours"), errors="coerce").fillna(0.0)
-                        for c in ("flops_useful", "bytes_min")}
+                size = {c: pd.to_numeric(both[f"{c}_ours"], errors="coerce").fillna(0.0) if f"{c}_ours" in both
+                        else pd.Series(0.0, index=both.index) for c in ("flops_useful", "bytes_min")}
                 both = both.assign(_flops=size["flops_useful"], _bytes=size["bytes_min"])
                 head = both.sort_values(["seqlen", "_flops", "_bytes"], ascending=False, kind="stable").iloc[0]
                 ratio = {}
