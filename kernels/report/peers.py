@@ -6,8 +6,9 @@ they are caught one level lower: while a peer runs, ``JITFunction.run`` (every l
 swapped for a compile without a launch (``warmup=True``, what our compile-only launches do too) that records the
 compiled kernel; ``Autotuner.run`` takes the first of its configs, since choosing needs a GPU to time them on
 (Liger's MoE kernels are pinned to one config anyway, ``kernels/peers.py``). One row per distinct compiled kernel
-of a (panel, kernel): the panel's shortest case, as for ours, plus any longer case that compiles a kernel the
-shorter did not (a window that starts to hide keys).
+of a (panel, kernel), at the panel's shortest case: the peers' torch parts (the MLP's linears) compute for real on
+the CPU, so the longer cases would take hours; a peer kernel that specialises on the row count (Liger's norm
+backward makes ``rows_per_program`` a constexpr) compiles anew at each length with the same tiles.
 
 Compile-only mode computes nothing, so a value the peer's host code reads back from a kernel's output would be
 garbage. Liger's MoE reads one, the number of row tiles of its routing (``expert_tile_offset[-1]``): after its
@@ -129,11 +130,12 @@ def peer_rows(spec, peer: str, factory, dtype_name: str, *, from_driver: bool = 
     if fn is None:
         log(f"  {spec.name}/{peer}: not installed, skipped")
         return []
-    cases = sweep_cases(spec)
+    cases = sweep_cases(spec)  # shortest first within each panel
     labels = panel_labels(cases)
+    shortest = list({panel_of(d): d for d in reversed(cases)}.values())[::-1]
     rows, seen = [], set()
     with as_on_gpu(), rt.modeled_sms(h100.SMS):
-        for dims in cases:
+        for dims in shortest:
             panel = panel_of(dims)
             with compiling_launches() as launches:
                 try:
