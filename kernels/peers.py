@@ -38,6 +38,7 @@ Liger is imported); on a GPU they autotune as usual.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -332,8 +333,26 @@ def _h100_shared_memory_check(arch: str = "none", tensor_idx: int = 0) -> bool:
     return rt.H100_SHARED_MEMORY >= Backend.get_shared_memory(arch)
 
 
+@contextlib.contextmanager
+def _cuda_answers_as_h100():
+    """In compile-only mode Triton's (stand-in) driver says "cuda", so FLA's import asks torch for the GPU's name
+    and capability, which a CPU build of torch cannot answer: within the block it answers as the H100 compiled
+    for."""
+    if not rt.COMPILE_ONLY or torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.get_device_name, torch.cuda.get_device_capability
+    torch.cuda.get_device_name = lambda device=None: "NVIDIA H100 80GB HBM3"
+    torch.cuda.get_device_capability = lambda device=None: (9, 0)
+    try:
+        yield
+    finally:
+        torch.cuda.get_device_name, torch.cuda.get_device_capability = saved
+
+
 def fla_attention():
-    mod = _module("fla.ops.attn.parallel")
+    with _cuda_answers_as_h100():
+        mod = _module("fla.ops.attn.parallel")
     if mod is None:
         return None
     if rt.INTERPRET or rt.COMPILE_ONLY:

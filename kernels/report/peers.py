@@ -54,9 +54,8 @@ def _uniform_tile_offsets(named: dict) -> None:
     per_expert[: pairs % experts] += 1
     tiles = (per_expert + rows - 1) // rows
     zero = torch.zeros(1, dtype=torch.int64)
-    named["expert_start_idx"].copy_(torch.cat([zero, per_expert.cumsum(0)]).to(torch.int32))
-    named["expert_tile_offset"].copy_(torch.cat([zero, tiles.cumsum(0)]).to(torch.int32))
-    named["expert_token_count"].copy_(per_expert.to(torch.int32))
+    named["expert_freq_offs_ptr"].copy_(torch.cat([zero, per_expert.cumsum(0)]).to(torch.int32))
+    named["expert_tile_offset_ptr"].copy_(torch.cat([zero, tiles.cumsum(0)]).to(torch.int32))
 
 
 HOST_READS = {"_moe_router_prefix_sum_kernel": _uniform_tile_offsets}
@@ -126,7 +125,11 @@ def peer_rows(spec, peer: str, factory, dtype_name: str, *, from_driver: bool = 
     """The report's rows of one peer of ``spec`` in one dtype: each kernel it compiles at the sweep's shapes."""
     from ..spec import NotComparable
 
-    fn = factory()
+    try:
+        fn = factory()
+    except Exception as e:  # noqa: BLE001  (a library that cannot load here: one row says why)
+        return [{"op": spec.name, "provider": peer, "dtype": dtype_name, "kernel": "-",
+                 "error": f"{type(e).__name__}: {str(e)[:200]}"}]
     if fn is None:
         log(f"  {spec.name}/{peer}: not installed, skipped")
         return []
