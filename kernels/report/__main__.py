@@ -15,8 +15,8 @@ import time
 
 from . import compile_only
 
-SHOWN = ["op", "provider", "shape", "seqlen", "dtype", "kernel", "variant", "config", "def", "pruned", "regs", "spill", "stack",
-         "stl", "ldl", "smem_kb", "occ", "limit", "tensor_core", "tma/cpa/ldg", "bar", "sass", "error"]
+SHOWN = ["op", "provider", "shape", "seqlen", "dtype", "kernel", "variant", "config", "def", "pruned", "regs", "spill",
+         "stack", "stl", "ldl", "smem_kb", "occ", "limit", "tensor_core", "tma/cpa/ldg", "bar", "sass", "error"]
 
 
 def _parse(argv):
