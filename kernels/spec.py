@@ -30,6 +30,11 @@ class Case:
         return [a for a in self.args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
+class NotComparable(Exception):
+    """Raised by a peer for a case its library does not cover (FLA's attention without causal masking, say): the
+    sweep writes no row for that provider and case, and lists it once with this message."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BadInput:
     """A call that must raise ``error`` with a message matching ``match`` (a regex naming the argument)."""

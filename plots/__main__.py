@@ -3,7 +3,9 @@
 From sweep CSVs: one figure per op, ``PREFIX_<op>.png`` (see plots/figures.py: per mode/dtype/params, speedup over
 eager and achieved TFLOP/s or GB/s against the ceiling, versus sequence length; a line per provider, device and
 commit, modeled rows dashed), and a summary table (plots/summary.py), printed and written to
-``PREFIX_summary.csv``. An input that is not a sweep CSV gets one line on stderr and exit code 2.
+``PREFIX_summary.csv``; after the plots, ours against each peer at the headline size (``plots.summary.versus``),
+printed and written to ``PREFIX_peers.csv``. An input that is not a sweep CSV gets one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from plots.figures import build_lines, device_label, draw_op, kind_of  # noqa: E402
-from plots.summary import failed, render, summary  # noqa: E402
+from plots.summary import failed, render, summary, versus  # noqa: E402
 
 # the columns the figures need; a CSV without them is not a sweep's
 REQUIRED = ["op", "mode", "dtype", "params", "provider", "seqlen", "speedup", "device", "commit", "timestamp"]
@@ -116,6 +118,13 @@ def main(argv=None):
     written = write_figures(ok, prefix)
     print(f"wrote {prefix.name}_summary.csv and {len(written)} figure(s) in {prefix.parent}: "
           + ", ".join(p.name for p in written))
+    peers = versus(df)
+    if not peers.empty:
+        print("\nours against each peer at the headline size (speedup_vs_peer = peer ms / ours; work ratios "
+              "ours / peer, counted):")
+        print(render(peers, digits=4))
+        peers.to_csv(prefix.with_name(prefix.name + "_peers.csv"), index=False)
+        print(f"wrote {prefix.name}_peers.csv")
     kinds = {kind_of(d) for d in ok["device"].unique()}
     if "modeled" in kinds:
         print("note: model:* rows are modeled from counted work (an attainable bound, not a measurement)")

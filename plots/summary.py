@@ -1,4 +1,5 @@
-"""The summary table: per op, mode, dtype, device and provider, the geometric-mean speedup over eager.
+"""The summary tables. :func:`summary`: per op, mode, dtype, device and provider, the geometric-mean speedup over
+eager. :func:`versus`: per op, mode, dtype, device and peer, ours against that peer at the headline size.
 
 ``rows``: the successful rows the mean is over; ``errors``: the rows with an error (left out of every mean).
 For modeled rows (``model:*`` devices) also the geometric means of ``flops_exec / flops_useful`` and
@@ -62,5 +63,52 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                              ignore_index=True)
 
 
-def render(table: pd.DataFrame) -> str:
-    return table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+VERSUS_KEYS = ["op", "mode", "dtype", "device"]
+
+
+def versus(df: pd.DataFrame) -> pd.DataFrame:
+    """Ours against each other provider but eager (whose column is the speedup already), at the headline size:
+    the longest sequence at which both have a successful row, and of its panels the one with the most useful work
+    (``flops_useful``, then ``bytes_min``; the CSV's first panel where those are missing).
+
+    ``speedup_vs_peer``: the peer's ms over ours (> 1: ours is faster; on ``model:*`` devices, modeled times);
+    ``flops_exec ours/peer`` and ``bytes_exec ours/peer``: the counted work and traffic, ours over the peer's
+    (< 1: ours does less). ``peer_errors``: the peer's error rows (e.g. disagreeing with the reference) in the
+    same op, mode, dtype and device, which no speedup is given for."""
+    bad = failed(df)
+    records = []
+    for key, group in df.groupby(VERSUS_KEYS, sort=False, dropna=False):
+        good = group[~bad.loc[group.index]]
+        ours = good[good["provider"] == "ours"]
+        for peer in dict.fromkeys(group["provider"]):
+            if peer in ("ours", "eager"):
+                continue
+            theirs = good[good["provider"] == peer]
+            record = {**dict(zip(VERSUS_KEYS, key)), "peer": peer,
+                      "peer_errors": int((bad.loc[group.index] & (group["provider"] == peer)).sum())}
+            both = ours.merge(theirs, on=["params", "seqlen"], suffixes=("_ours", "_peer"))
+            if not both.empty:
+                size = {c: pd.to_numeric(both[f"{c}_ours"], errors="coerce").fillna(0.0) if f"{c}_ours" in both
+                        else pd.Series(0.0, index=both.index) for c in ("flops_useful", "bytes_min")}
+                both = both.assign(_flops=size["flops_useful"], _bytes=size["bytes_min"])
+                head = both.sort_values(["seqlen", "_flops", "_bytes"], ascending=False, kind="stable").iloc[0]
+                ratio = {}
+                for col in ("flops_exec", "bytes_exec"):
+                    a = pd.to_numeric(pd.Series([head.get(f"{col}_ours")]), errors="coerce").iloc[0]
+                    b = pd.to_numeric(pd.Series([head.get(f"{col}_peer")]), errors="coerce").iloc[0]
+                    ratio[col] = a / b if b and np.isfinite(b) and b > 0 else np.nan
+                record.update({
+                    "headline": f"seqlen={head['seqlen']} {head['params']}", "ours_ms": head["ms_ours"],
+                    "peer_ms": head["ms_peer"], "speedup_vs_peer": head["ms_peer"] / head["ms_ours"],
+                    "flops_exec ours/peer": ratio["flops_exec"], "bytes_exec ours/peer": ratio["bytes_exec"],
+                })
+            records.append(record)
+    columns = VERSUS_KEYS + ["peer", "headline", "ours_ms", "peer_ms", "speedup_vs_peer", "flops_exec ours/peer",
+                             "bytes_exec ours/peer", "peer_errors"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def render(table: pd.DataFrame, digits: int | None = None) -> str:
+    """The table as text: 3 decimals, or ``digits`` significant digits (times of a few microseconds)."""
+    fmt = (lambda v: f"{v:.3f}") if digits is None else (lambda v: f"{v:.{digits}g}")
+    return table.to_string(index=False, na_rep="", float_format=fmt)

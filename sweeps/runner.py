@@ -23,7 +23,8 @@ import triton
 from tqdm import tqdm
 
 from kernels import _runtime as rt
-from kernels.spec import Case, OpSpec
+from kernels.spec import Case, NotComparable, OpSpec
+from sweeps.agreement import check_dims, disagreement
 from sweeps.distributed import Ranks, assign, kill_hook
 from sweeps.plan import ProviderFns, WorkItem, expected_cost, providers_but_compile, work_items
 from sweeps.store import COLUMNS, Store, merge, shard_files, shard_path  # noqa: F401  (COLUMNS: test_plots)
@@ -84,6 +85,9 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
     sweep.bar.close()
     if sweep.fns.unavailable:
         print(f"{ranks.tag()}not available here, skipped: " + ", ".join(sweep.fns.unavailable))
+    if sweep.not_comparable:
+        print(f"{ranks.tag()}cases a peer does not cover, no rows: "
+              + "; ".join(f"{k} ({n} rows: {why})" for k, (n, why) in sweep.not_comparable.items()))
     if ranks.distributed:
         if sweep.written:
             print(f"{ranks.tag()}wrote {store.file} ({sweep.written} rows)", flush=True)
@@ -164,6 +168,8 @@ class _Sweep:
         self.bar = tqdm(total=total, desc=f"sweep rank {ranks.rank}" if ranks.distributed else "sweep", unit="run",
                         position=ranks.local_rank if ranks.distributed and sys.stderr.isatty() else None)
         self.written = 0
+        self.not_comparable: dict = {}  # "op/provider" -> (rows not written, why)
+        self._verdicts: dict = {}  # (op, provider, check case, dtype, backward) -> None or the disagreement
 
     def todo(self, item: WorkItem) -> list[str]:
         """The providers of ``item`` the CSV has no finished row of."""
@@ -181,8 +187,9 @@ class _Sweep:
         case = None if all(ready(item.case_key(), p) for p in todo) else _make_case(item)
         for provider in todo:
             fn = self.fns.get(item, provider)
-            if fn is not None:  # None: unavailable here, no row
-                self.store.add(self.row(item, provider, fn, case))
+            row = None if fn is None else self.row(item, provider, fn, case)  # None: unavailable, not comparable
+            if row is not None:
+                self.store.add(row)
                 self.written += 1
                 kill_hook(self.ranks, self.written)
             self.bar.update(1)
@@ -190,22 +197,47 @@ class _Sweep:
     def key_columns(self, item: WorkItem, provider: str) -> dict:
         return {**item.columns(provider), "device": self.measurer.device}
 
-    def row(self, item: WorkItem, provider: str, fn, case) -> dict:
+    def row(self, item: WorkItem, provider: str, fn, case) -> dict | None:
         """The row of ``provider`` on ``item``: its measurement, or the error that stopped it (``case`` or ``fn``
-        may be the exception that kept it from being made)."""
+        may be the exception that kept it from being made); a peer's only once it agrees with the reference
+        (sweeps/agreement.py). None for a case the peer does not cover (:class:`NotComparable`)."""
         row = {**self.key_columns(item, provider), **self.shared, "error": ""}
         failure = next((x for x in (case, fn) if isinstance(x, Exception)), None)
         if failure is not None:
             row["error"] = _error_text(failure)
         else:
             try:
-                row.update(self.measured(item, provider, fn, case))
+                verdict = self.agreement(item, provider, fn) if provider in item.spec.peers else None
+                if verdict:
+                    row["error"] = verdict[:300]
+                else:
+                    row.update(self.measured(item, provider, fn, case))
+            except NotComparable as e:
+                key = f"{item.spec.name}/{provider}"
+                self.not_comparable[key] = (self.not_comparable.get(key, (0,))[0] + 1, str(e))
+                return None
             except Exception as e:  # noqa: BLE001  (OOM, a peer that cannot run: recorded, the sweep goes on)
                 row["error"] = _error_text(e)
         if row["error"] and torch.cuda.is_available():
             torch.cuda.empty_cache()
         row["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         return row
+
+    def agreement(self, item: WorkItem, provider: str, fn) -> str | None:
+        """None when the peer agrees with the reference (checked once per panel, dtype and direction), else the
+        disagreement. Raises NotComparable where the peer does not cover the case."""
+        backward = item.mode != "fwd"
+        dims = check_dims(item.spec, item.dims)
+        key = (item.spec.name, provider, str(sorted(dims.items())), item.dtype, backward)
+        if key not in self._verdicts:
+            try:
+                self._verdicts[key] = disagreement(item.spec, fn, item.dims, item.run_dtype or item.dtype, backward,
+                                                   rt.DEVICE)
+            except NotComparable as e:
+                self._verdicts[key] = e
+        if isinstance(self._verdicts[key], NotComparable):
+            raise self._verdicts[key]
+        return self._verdicts[key]
 
     def measured(self, item: WorkItem, provider: str, fn, case: Case) -> dict:
         """The measurer's columns, with the roofline's, ours' tuned configs and the speedup over eager."""

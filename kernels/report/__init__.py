@@ -1,6 +1,6 @@
 """The static sm_90 report: what every kernel of every op compiles to on an H100, under every config.
 
-    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32]
+    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]
 
 No GPU needed: each op's public function runs in compile-only mode (``compile_only.py``, shared with
 ``tests/compile_check.py``) at the GPU sweep's shapes (``shapes.py``), every launch compiles down to a cubin, and
@@ -8,7 +8,11 @@ Triton's own ``cuobjdump`` / ``nvdisasm`` are read (``sass.py``). On a GPU of th
 local memory come from the loaded kernels instead (``n_regs``, ``n_spills``). Parsed results are cached on disk
 by kernel hash (beside Triton's cache, or ``$KERNELS_REPORT_CACHE``); Triton caches the cubins.
 
-One row per (op, shape, dtype, kernel, variant, config). Reading it:
+One row per (op, provider, shape, dtype, kernel, variant, config). Reading it:
+
+* ``provider``: ``ours``, or with ``--peers`` a Triton peer of the op (``liger``, ``fla``: ``kernels/peers.py``)
+  whose kernels are compiled at the same shapes (``peers.py`` here: one row per kernel it compiles, at the
+  config it launches with; an autotuned peer kernel at its first config, as choosing needs a GPU).
 
 * ``shape`` / ``seqlen``: the sweep panel (the dims that vary across the op's panels) and the sequence length it
   was compiled at (the shortest; a longer one when only it launches a variant, e.g. a window that hides keys).

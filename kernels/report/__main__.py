@@ -1,7 +1,9 @@
-"""``python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32]``
+"""``python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]``
 
 Compiles every kernel of the ops under every config at the GPU sweep's shapes, prints the table and writes the
-CSV (columns: ``kernels/report/__init__.py``). Re-executes itself in compile-only mode when needed.
+CSV (columns: ``kernels/report/__init__.py``). With ``--peers``, also the kernels of the ops' Triton peers
+(Liger-Kernel, flash-linear-attention: ``kernels/report/peers.py``) at the same shapes, row by row with ours
+(the ``provider`` column). Re-executes itself in compile-only mode when needed.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import time
 
 from . import compile_only
 
-SHOWN = ["op", "shape", "seqlen", "dtype", "kernel", "variant", "config", "def", "pruned", "regs", "spill", "stack",
-         "stl", "ldl", "smem_kb", "occ", "limit", "tensor_core", "tma/cpa/ldg", "bar", "sass", "error"]
+SHOWN = ["op", "provider", "shape", "seqlen", "dtype", "kernel", "variant", "config", "def", "pruned", "regs", "spill",
+         "stack", "stl", "ldl", "smem_kb", "occ", "limit", "tensor_core", "tma/cpa/ldg", "bar", "sass", "error"]
 
 
 def _parse(argv):
@@ -23,6 +25,8 @@ def _parse(argv):
     p.add_argument("--arch", default="sm_90", help="target (default sm_90; the occupancy model is an H100's)")
     p.add_argument("--out", default="report.csv", help="CSV path (default report.csv; '-' for none)")
     p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    p.add_argument("--peers", action="store_true",
+                   help="also compile the Triton peers' kernels (Liger-Kernel, FLA) at the same shapes")
     p.add_argument("--quiet", action="store_true", help="no table on stdout (the CSV only)")
     p.add_argument("--markdown", action="store_true", help="print the per-kernel summary as a Markdown table")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -86,11 +90,12 @@ def summary(df):
     import pandas as pd
 
     rows = []
-    for (op, kernel, dtype), every in df[df["error"].fillna("") == ""].groupby(["op", "kernel", "dtype"],
-                                                                                sort=False):
+    df = df if "provider" in df else df.assign(provider="ours")
+    for (op, provider, kernel, dtype), every in df[df["error"].fillna("") == ""].groupby(
+            ["op", "provider", "kernel", "dtype"], sort=False):
         pick = every[every["may_pick"] == True]  # noqa: E712  (a pandas mask)
         default = every[every["default"] == True]  # noqa: E712
-        row = {"op": op, "kernel": kernel, "dtype": dtype,
+        row = {"op": op, "provider": provider, "kernel": kernel, "dtype": dtype,
                "configs": f"{pick['cfg'].nunique()}/{every['cfg'].nunique()}",
                "default": default["config"].iloc[0] if len(default) else "-"}
         for name, g in (("def", default), ("pick", pick)):
@@ -154,8 +159,18 @@ def main(argv=None) -> int:
         _PLANS.update({(n, d): collect.plan(kernels.OPS[n], d) for n, d in pairs})
         jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]
         done = {j: collect.compile_job((*j, _PLANS[j[:2]]), real_driver) for j in jobs}
-    rows = [r for (n, d), p in _PLANS.items()
+    rows = [{"provider": "ours", **r} for (n, d), p in _PLANS.items()
             for r in collect.finish(kernels.OPS[n], p, [r for j in jobs if j[:2] == (n, d) for r in done[j]])]
+    if args.peers:
+        from .peers import peer_rows, report_peers
+
+        for n in names:
+            for peer, factory in report_peers(kernels.OPS[n]).items():
+                for d in args.dtype:
+                    print(f"  {n} {d}: compiling {peer}'s kernels")
+                    rows += peer_rows(kernels.OPS[n], peer, factory, d, from_driver=real_driver)
+        order = {n: i for i, n in enumerate(names)}
+        rows.sort(key=lambda r: order[r["op"]])  # stable: each op's rows together, ours first
     df = frame(rows)
     if args.out != "-":
         df.to_csv(args.out, index=False)

@@ -8,6 +8,7 @@ import functools
 import torch
 
 from ... import _runtime as rt
+from ... import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import attention
 from .kernel import attn_fwd
@@ -202,7 +203,7 @@ ATTENTION = OpSpec(
     tolerance={torch.float32: 1e-4, torch.float16: 3e-3},
     grad_tolerance={torch.float32: 1e-4, torch.float16: 3e-3},
     kernels=(attn_fwd, attn_bwd_dkdv, attn_bwd_dq),
-    peers={"sdpa": _sdpa_peer, "flex": _flex_peer},
+    peers={"sdpa": _sdpa_peer, "flex": _flex_peer, "fla": peers.fla_attention},
     bad_inputs=_bad_inputs(),
 )
 

@@ -7,6 +7,7 @@ import functools
 
 import torch
 
+from ... import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import layer_norm, rms_norm
 from .kernel import norm_bwd, norm_fwd
@@ -101,6 +102,7 @@ LAYER_NORM = OpSpec(
     tolerance=_TOL,
     grad_tolerance=_GRAD_TOL,
     kernels=(norm_fwd, norm_bwd),
+    peers={"liger": peers.liger_layer_norm},
     bad_inputs=_bad_inputs(layer_norm, rms=False),
     examples=_EXAMPLES,
 )
@@ -118,6 +120,7 @@ RMS_NORM = OpSpec(
     tolerance=_TOL,
     grad_tolerance=_GRAD_TOL,
     kernels=(norm_fwd, norm_bwd),
+    peers={"liger": peers.liger_rms_norm},
     bad_inputs=_bad_inputs(rms_norm, rms=True),
     examples=_EXAMPLES,
 )

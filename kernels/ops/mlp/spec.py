@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ... import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import mlp
 from .kernel import ACTIVATIONS, gemm
@@ -118,6 +119,7 @@ MLP = OpSpec(
     tolerance={torch.float32: 1e-5, torch.float16: 3e-3},
     grad_tolerance={torch.float32: 1e-5, torch.float16: 3e-3},
     kernels=(gemm,),
+    peers={"liger": peers.liger_relu2_mlp},
     bad_inputs=_bad_inputs(),
     examples=(
         {"seqlen": 1, "hidden": 33, "inner": 70, "activation": "gelu_tanh", "bias": False},  # one token

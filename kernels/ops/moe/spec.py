@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ... import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import moe
 from .kernel import moe_router
@@ -184,14 +185,14 @@ MOE = OpSpec(
     grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
     kernels=(moe_router, moe_gate_up, moe_down, moe_combine, moe_down_bwd, moe_weight_grad),
     # the expert ids and the dispatch decide which blocks the GEMMs run: counted whole, never sampled
-    count_exact=("moe_router", "dispatch_count", "dispatch_scan", "dispatch_scatter"),
+    count_exact=("moe_router", "dispatch_count", "dispatch_scan", "dispatch_scatter", *peers.LIGER_MOE_EXACT),
     examples=(
         {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
         {"tokens": 17, "hidden": 24, "inner": 16, "experts": 64, "k": 8, "hot": 8},  # all to 8 experts, 56 idle
         {"tokens": 1, "hidden": 7, "inner": 5, "experts": 8, "k": 8, "normalize": True},  # one token, k = E
         {"tokens": 3, "hidden": 16, "inner": 16, "experts": 256, "k": 2, "batch": 2},  # MAX_EXPERTS
     ),
-    peers={"grouped_mm": _peer_grouped_mm},
+    peers={"grouped_mm": _peer_grouped_mm, "liger": peers.liger_moe},
     bad_inputs=_bad_inputs(),
     modes=("fwd", "bwd", "fwd+bwd"),
     # The reference loops in Python over the experts that were hit, with data-dependent shapes (nonzero, where):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ... import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import partial_rope
 from .kernel import rope_kernel
@@ -114,7 +115,7 @@ ROPE = OpSpec(
     tolerance={torch.float32: 1e-5, torch.float16: 1e-3},
     grad_tolerance={torch.float32: 1e-5, torch.float16: 1e-3},
     kernels=(rope_kernel,),
-    peers={"hf_apply": hf_apply_factory},
+    peers={"hf_apply": hf_apply_factory, "liger": peers.liger_rope},
     bad_inputs=_bad_inputs(),
     examples=(
         # Persimmon-like: half of 64 channels rotate, (batch, seq) positions, long-context angles
