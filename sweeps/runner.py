@@ -244,6 +244,7 @@ class _Sweep:
         columns = self.measurer.measure(fn, case, item.mode, provider=provider, spec=item.spec, key=item.case_key())
         ms = columns["ms"]
         columns.update(roofline(item, ms, self.ceilings), config=_config_of(item.spec) if provider == "ours" else "")
+        check_sampled_count(columns)
         eager_ms = ms if provider == "eager" else self.store.eager_ms(self.key_columns(item, provider))
         columns["speedup"] = eager_ms / ms if eager_ms else None
         return columns
@@ -281,6 +282,20 @@ def roofline(item: WorkItem, ms: float, ceilings: dict) -> dict:
     roof_ms = max(flops / (ceilings["matmul_tflops"] * 1e9), nbytes / (ceilings["copy_gbps"] * 1e6))
     return {"tflops": flops / ms / 1e9, "gbps": nbytes / ms / 1e6, "pct_roofline": 100 * roof_ms / ms,
             "flops_useful": flops, "bytes_min": nbytes}
+
+
+def check_sampled_count(columns: dict) -> None:
+    """Raise when a sampled count (``counted`` says how many programs ran) is below the op's least FLOPs or bytes:
+    impossible, so the sample misjudged a grid whose programs do uneven work (the MoE's grouped GEMMs size their
+    grids for the worst routing; most programs are empty or full). The row then says so instead of a speed."""
+    counted = columns.get("counted") or "every program"
+    if counted == "every program":
+        return
+    for done, least, what in ((columns.get("flops_exec"), columns.get("flops_useful"), "FLOPs"),
+                              (columns.get("bytes_exec"), columns.get("bytes_min"), "bytes")):
+        if done is not None and least and done < 0.95 * least:
+            raise RuntimeError(f"sampled count below the least {what} ({done:.3g} < {least:.3g}; {counted}): the "
+                               f"sample misjudged a grid of uneven programs; count every program with --sample 0")
 
 
 def _make_case(item: WorkItem):

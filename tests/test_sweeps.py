@@ -248,3 +248,16 @@ def test_timed_rows_carry_the_counters(tmp_path, spec):
         assert df[column].notna().all(), column
     assert (df["bytes_exec"] >= df["bytes_min"]).all()
     assert df["ms_p20"].notna().all()  # timed, not modeled
+
+
+def test_a_sampled_count_below_the_least_work_is_an_error():
+    """The MoE's sampled GEMM counts once came out below the op's least FLOPs (35.9 of 51.7 GFLOP): a row must say
+    so, not show a speed. Whole counts and sampled counts at or above the least pass."""
+    row = {"flops_exec": 35.9e9, "flops_useful": 51.7e9, "bytes_exec": 2.5e9, "bytes_min": 0.8e9,
+           "counted": "11 of 7808 programs of 2 launches run"}
+    with pytest.raises(RuntimeError, match="below the least FLOPs"):
+        runner.check_sampled_count(row)
+    runner.check_sampled_count({**row, "counted": "every program"})  # a whole count is what it is
+    runner.check_sampled_count({**row, "flops_exec": 52e9})
+    with pytest.raises(RuntimeError, match="below the least bytes"):
+        runner.check_sampled_count({**row, "flops_exec": 52e9, "bytes_exec": 0.5e9})
