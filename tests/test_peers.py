@@ -3,9 +3,11 @@ interpreter, the sweep refuses a speed to a peer that disagrees, lists a missing
 the summary sets ours against each peer."""
 
 import dataclasses
+import re
 import sys
 
 import pandas as pd
+
 import pytest
 import torch
 
@@ -28,6 +30,12 @@ def _small(op, **over):
     return {**OPS[op].sweep_cases(False)[0], **over}
 
 
+# Peers whose tl.dot on fp32 inputs keeps Triton's default input_precision, TF32 (a GPU rounds the operands to 10
+# mantissa bits; kernels/_runtime.py rounds them so on the CPU too): in fp32 they miss fp32's tolerance by TF32's
+# error, on a GPU as here, and the sweep's fp32 rows would say so. In fp16 they agree.
+TF32_IN_FP32 = {("attention", "fla"), ("moe", "liger")}
+
+
 @pytest.mark.parametrize("op,provider,package", PEERS, ids=[f"{o}-{p}" for o, p, _ in PEERS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_peer_agrees_with_the_reference(op, provider, package, dtype):
@@ -36,7 +44,12 @@ def test_peer_agrees_with_the_reference(op, provider, package, dtype):
     fn = spec.peers[provider]()
     assert fn is not None, f"{package} is installed, yet the {op} peer says it is unavailable"
     # output and every input gradient, against the float64 reference, within the op's own tolerances
-    assert disagreement(spec, fn, _small(op), dtype, True, "cpu") is None
+    verdict = disagreement(spec, fn, _small(op), dtype, True, "cpu")
+    if dtype == torch.float32 and (op, provider) in TF32_IN_FP32:
+        m = re.search(r"off by ([0-9.e+-]+)", verdict or "")
+        assert m and 1e-4 < float(m.group(1)) < 1e-2, verdict  # TF32's error: more than fp32's, far below a bug's
+    else:
+        assert verdict is None
 
 
 @pytest.mark.parametrize("dims", [{"rotary_fraction": 0.5}, {"rotary_fraction": 1.0}], ids=["half", "full"])
@@ -55,7 +68,7 @@ def test_fla_attention_with_a_window_agrees():
     spec = OPS["attention"]
     dims = check_dims(spec, {**_small("attention"), "window": 256})
     assert dims["window"]  # the check case of a windowed panel has a window too
-    assert disagreement(spec, spec.peers["fla"](), dims, torch.float32, True, "cpu") is None
+    assert disagreement(spec, spec.peers["fla"](), dims, torch.float16, True, "cpu") is None  # fp32: TF32 (above)
 
 
 def test_fla_refuses_what_it_does_not_cover():

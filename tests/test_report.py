@@ -43,15 +43,29 @@ def _report(out: Path, *args) -> pd.DataFrame:
     return pd.read_csv(out, keep_default_na=False, na_values=[""])
 
 
-@pytest.fixture(scope="module")
-def routing_report(tmp_path_factory):
-    return _report(tmp_path_factory.mktemp("report") / "routing.csv", "topk_routing")
+def _shared_report(tmp_path_factory, worker_id, name: str, *args) -> pd.DataFrame:
+    """One report a test session: under pytest-xdist the first worker to ask builds it (with both cores) while the
+    others wait on a lock, then read it, instead of each compiling every kernel again."""
+    from filelock import FileLock  # a dependency of torch
+
+    session = tmp_path_factory.getbasetemp()
+    out = (session if worker_id == "master" else session.parent) / "report" / name
+    out.parent.mkdir(exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if not out.exists():
+            return _report(out, *args)
+    return pd.read_csv(out, keep_default_na=False, na_values=[""])
 
 
 @pytest.fixture(scope="module")
-def sweep_report(tmp_path_factory):
+def routing_report(tmp_path_factory, worker_id):
+    return _shared_report(tmp_path_factory, worker_id, "routing.csv", "topk_routing")
+
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory, worker_id):
     """Every op in bf16 (the sweep's dtype) at the sweep's shapes."""
-    return _report(tmp_path_factory.mktemp("report") / "bf16.csv", "all", "--dtype", "bf16")
+    return _shared_report(tmp_path_factory, worker_id, "bf16.csv", "all", "--dtype", "bf16")
 
 
 # ------------------------------------------------------------------------------------------------ the parser

@@ -142,10 +142,9 @@ def fwd_fits(configs, nargs):
     (``VARLEN``) keep the 16-row decode tiles only for a decode batch (every sequence <= 16 queries): on longer
     ones they are the slowest choice, and at head dim 128 the packed variant's few extra registers take them past
     the 128 that ptxas gives them (4-8 bytes of spill, ``python -m kernels.report attention_varlen``)."""
-    fit = fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
-    if nargs.get("VARLEN") and nargs["M_BUCKET"] > 16:
-        fit = [c for c in fit if c.kwargs["BLOCK_M"] > 16] or fit
-    return fit
+    if nargs.get("VARLEN") and nargs["M_BUCKET"] > 16:  # before the short-q rule, which would keep them
+        configs = [c for c in configs if c.kwargs["BLOCK_M"] > 16] or configs
+    return fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
 
 
 # --------------------------------------------------------------------------------------------------------------
