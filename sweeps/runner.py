@@ -285,17 +285,15 @@ def roofline(item: WorkItem, ms: float, ceilings: dict) -> dict:
 
 
 def check_sampled_count(columns: dict) -> None:
-    """Raise when a sampled count (``counted`` says how many programs ran) is below the op's least FLOPs or bytes:
-    impossible, so the sample misjudged a grid whose programs do uneven work (the MoE's grouped GEMMs size their
-    grids for the worst routing; most programs are empty or full). The row then says so instead of a speed."""
+    """Raise when a sampled count (``counted`` says how many programs ran) executed fewer matrix FLOPs than the op's
+    least: impossible, so the sample misjudged a grid whose programs do uneven work (the MoE's grouped GEMMs size
+    their grids for the worst routing; most programs are empty or full). The row then says so instead of a speed.
+    ``flops_exec`` counts ``tl.dot`` FLOPs only, so ops without matrix products (norms, RoPE) are not judged."""
     counted = columns.get("counted") or "every program"
-    if counted == "every program":
-        return
-    for done, least, what in ((columns.get("flops_exec"), columns.get("flops_useful"), "FLOPs"),
-                              (columns.get("bytes_exec"), columns.get("bytes_min"), "bytes")):
-        if done is not None and least and done < 0.95 * least:
-            raise RuntimeError(f"sampled count below the least {what} ({done:.3g} < {least:.3g}; {counted}): the "
-                               f"sample misjudged a grid of uneven programs; count every program with --sample 0")
+    done, least = columns.get("flops_exec"), columns.get("flops_useful")
+    if counted != "every program" and done and least and done < 0.95 * least:
+        raise RuntimeError(f"sampled count below the least FLOPs ({done:.3g} < {least:.3g}; {counted}): the sample "
+                           f"misjudged a grid of uneven programs; count every program with --sample 0")
 
 
 def _make_case(item: WorkItem):

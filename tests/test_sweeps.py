@@ -259,5 +259,4 @@ def test_a_sampled_count_below_the_least_work_is_an_error():
         runner.check_sampled_count(row)
     runner.check_sampled_count({**row, "counted": "every program"})  # a whole count is what it is
     runner.check_sampled_count({**row, "flops_exec": 52e9})
-    with pytest.raises(RuntimeError, match="below the least bytes"):
-        runner.check_sampled_count({**row, "flops_exec": 52e9, "bytes_exec": 0.5e9})
+    runner.check_sampled_count({**row, "flops_exec": 0})  # no tl.dot (a norm): its FLOPs are not counted
