@@ -148,15 +148,13 @@ def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds) -> dic
 
 
 def _fake(case: Case) -> Case:
-    """The case's floating-point tensors on fake tensors (same shapes, strides, dtypes and requires_grad; no
-    memory). Integer tensors stay real: they are indices and offsets (varlen's ``cu_seqlens``), small, and code that
-    reads them on the host (a loop over the sequences) then runs on fake tensors instead of computing for real."""
+    """The case on fake tensors (same shapes, strides, dtypes and requires_grad; no memory)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def convert(a):
-        return mode.from_tensor(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        return mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
 
     fake = Case(tuple(convert(a) for a in case.args), {k: convert(v) for k, v in case.kwargs.items()})
     fake.fake_mode = mode
