@@ -5,22 +5,18 @@ from __future__ import annotations
 import torch
 
 from kernels.spec import Case, OpSpec
+from sweeps.agreement import relative_error
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; NaN anywhere in out gives inf.
+    """||out - ref|| / ||ref|| in float64; NaN anywhere in out gives inf (``sweeps.agreement.relative_error``, the
+    one measure the tests and the sweep's peer check share).
 
     The denominator has a floor of 1e-2 per element (RMS; inputs are O(1)), so a reference that is legitimately
     zero up to rounding (the input gradient of a LayerNorm over 1 or 2 elements, say) is judged by absolute
-    error instead of dividing rounding noise by zero.
+    error instead of dividing rounding noise by zero. A shape mismatch raises.
     """
-    out, ref = out.detach().double(), ref.detach().double().to(out.device)
-    if out.shape != ref.shape:
-        raise AssertionError(f"shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
-    if not torch.isfinite(out).all():
-        return float("inf")
-    floor = 1e-2 * max(out.numel(), 1) ** 0.5
-    return ((out - ref).norm() / max(ref.norm().item(), floor)).item()
+    return relative_error(out, ref)
 
 
 def as_tuple(x):
