@@ -187,6 +187,32 @@ def test_rows_for_every_kernel_of_a_small_op(routing_report):
     assert routing_report.default.sum() == 2 * len(shapes) * len(op_kernels(spec))
 
 
+
+def test_every_config_compiles_where_the_tuner_may_pick_it_and_once_at_least(sweep_report):
+    """What compiles (``collect.compile_rows``): every row the autotuner may pick has its numbers; every (op,
+    kernel, config) has them on one row at least; the rows without (``source`` = not compiled) are configs the
+    prune rule drops there at every sweep length, and there are some (the report skips them)."""
+    report = sweep_report[sweep_report.error.isna()]
+    assert report[report.may_pick].sass.notna().all()
+    compiled = report.groupby(["op", "kernel", "cfg"]).sass.count()
+    assert (compiled > 0).all(), compiled[compiled == 0]
+    skipped = report[report.source == "not compiled"]
+    assert len(skipped) > 0 and (~skipped.may_pick).all() and (skipped.pruned == "dropped").all()
+    assert skipped.sass.isna().all() and report[report.source != "not compiled"].sass.notna().all()
+
+
+def test_pruned_compiles_the_rest_to_the_same_numbers(sweep_report, tmp_path):
+    """``--pruned`` compiles the rows the default run leaves out, and the others come out the same."""
+    full = _report(tmp_path / "pruned.csv", "layer_norm", "--dtype", "bf16", "--pruned")
+    ours = sweep_report[sweep_report.op == "layer_norm"]
+    assert full.sass.notna().all() and (ours.source == "not compiled").any()
+    key = ["shape", "kernel", "variant", "cfg"]
+    both = ours[ours.sass.notna()].merge(full, on=key, suffixes=("", "_full"))
+    assert len(both) == ours.sass.notna().sum() and len(full) == len(ours)
+    for column in ["hash", "regs", "spill_stores", "smem", "occ_warps", "hgmma", "ldg", "sass"]:
+        assert (both[column] == both[f"{column}_full"]).all(), column
+
+
 # ------------------------------------------------------------------------------------------------ HGMMA
 
 

@@ -1,6 +1,6 @@
 """The static sm_90 report: what every kernel of every op compiles to on an H100, under every config.
 
-    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers]
+    python -m kernels.report [OP ...|all] [--arch sm_90] [--out report.csv] [--dtype bf16 fp32] [--peers] [--pruned]
 
 No GPU needed: each op's public function runs in compile-only mode (``compile_only.py``, shared with
 ``tests/compile_check.py``) at the GPU sweep's shapes (``shapes.py``), every launch compiles down to a cubin, and
@@ -21,7 +21,10 @@ One row per (op, provider, shape, dtype, kernel, variant, config). Reading it:
   when that tells two compiled kernels apart: ``s_am=1`` (a unit stride: a transposed operand), ``N%16=0`` (an
   integer's divisibility), ``X:float32`` (an input's dtype).
 * ``config`` (``def`` ``*``: the kernel's default); ``pruned``: the sweep sequence lengths at which the prune
-  rule drops the config (``dropped``: all of them); ``may_pick``: whether the autotuner can pick it there.
+  rule drops the config (``dropped``: all of them); ``may_pick``: whether the autotuner can pick it there. A
+  config dropped at every length of a shape never runs there: it compiles at its kernel's first launch only (so
+  every config of every kernel has its numbers once), and its other rows have none (``source``: ``not
+  compiled``); ``--pruned`` compiles them too.
 * ``regs``: registers a thread (255 is the ceiling). ``spill_stores`` / ``spill_loads``: bytes of registers
   spilled to local memory and reloaded, as ``ptxas -v`` counts them: non-zero means the kernel spills.
   ``stack``: its stack frame in bytes, and ``stl`` / ``ldl`` local stores / loads in the SASS: the spills plus

@@ -27,6 +27,9 @@ def _parse(argv):
     p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     p.add_argument("--peers", action="store_true",
                    help="also compile the Triton peers' kernels (Liger-Kernel, FLA) at the same shapes")
+    p.add_argument("--pruned", action="store_true",
+                   help="also compile each config where the prune rule drops it at every sweep length (by default "
+                        "such a config compiles once, at its first launch, and its other rows say 'not compiled')")
     p.add_argument("--quiet", action="store_true", help="no table on stdout (the CSV only)")
     p.add_argument("--markdown", action="store_true", help="print the per-kernel summary as a Markdown table")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -48,10 +51,10 @@ def frame(rows):
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    for c in ["regs", "spill_stores", "spill_loads", "stack", "stl", "ldl", "smem", "occ_warps", "hgmma", "hmma",
-              "utmaldg", "ldgsts", "ldg", "bar", "sass"]:
-        if c not in df:
-            df[c] = pd.NA
+    for c in ["regs", "spill_stores", "spill_loads", "stack", "local", "smem_static", "smem", "occ_warps", "hgmma",
+              "hmma", "utmaldg", "ldgsts", "ldg", "bar", "stl", "ldl", "sass", "warps", "stages"]:
+        # counts stay integers where a row has none (an error, a config not compiled where it is pruned)
+        df[c] = df[c].astype("Int64") if c in df else pd.Series(pd.NA, index=df.index, dtype="Int64")
     return df
 
 
@@ -63,10 +66,11 @@ def table(df):
     out["smem_kb"] = (out["smem"] / 1024).round(1)
     out["occ"] = out["occ_warps"]
     out["limit"] = out.get("occ_limit", "")
-    out["tensor_core"] = [tensor_core(r) for r in out.to_dict("records")]
-    out["tma/cpa/ldg"] = [f"{r['utmaldg']}/{r['ldgsts']}/{r['ldg']}" if r.get("sass") == r.get("sass") else ""
-                          for r in out.to_dict("records")]
-    return out[[c for c in SHOWN if c in out]].fillna("")
+    read = out.to_dict("records")
+    compiled = out["sass"].notna()  # rows without numbers: an error, or a config not compiled where it is pruned
+    out["tensor_core"] = [tensor_core(r) if ok else "" for r, ok in zip(read, compiled)]
+    out["tma/cpa/ldg"] = [f"{r['utmaldg']}/{r['ldgsts']}/{r['ldg']}" if ok else "" for r, ok in zip(read, compiled)]
+    return out[[c for c in SHOWN if c in out]].astype(object).fillna("")
 
 
 def _span(values) -> str:
@@ -93,8 +97,9 @@ def summary(df):
     df = df if "provider" in df else df.assign(provider="ours")
     for (op, provider, kernel, dtype), every in df[df["error"].fillna("") == ""].groupby(
             ["op", "provider", "kernel", "dtype"], sort=False):
-        pick = every[every["may_pick"] == True]  # noqa: E712  (a pandas mask)
-        default = every[every["default"] == True]  # noqa: E712
+        compiled = every[every["sass"].notna()]
+        pick = compiled[compiled["may_pick"] == True]  # noqa: E712  (a pandas mask)
+        default = compiled[compiled["default"] == True]  # noqa: E712
         row = {"op": op, "provider": provider, "kernel": kernel, "dtype": dtype,
                "configs": f"{pick['cfg'].nunique()}/{every['cfg'].nunique()}",
                "default": default["config"].iloc[0] if len(default) else "-"}
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
             _PLANS.update(zip(pairs, pool.starmap(collect.plan_job, pairs, chunksize=1)))
             jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]
             costly = sorted(jobs, key=lambda j: -_COST.get((j[0], j[1]), 1))
-            work = [(*j, _PLANS[j[:2]]) for j in costly]
+            work = [(*j, _PLANS[j[:2]], args.pruned) for j in costly]
             done = {}
             with tqdm(total=len(work), desc="compiling", unit="job", file=sys.stderr, disable=args.quiet) as bar:
                 for job, rows in pool.imap_unordered(collect.keyed_compile_job, work, chunksize=1):
@@ -158,7 +163,7 @@ def main(argv=None) -> int:
     else:
         _PLANS.update({(n, d): collect.plan(kernels.OPS[n], d) for n, d in pairs})
         jobs = [(n, d, i) for (n, d), p in _PLANS.items() for i in range(p.n_configs)]
-        done = {j: collect.compile_job((*j, _PLANS[j[:2]]), real_driver) for j in jobs}
+        done = {j: collect.compile_job((*j, _PLANS[j[:2]], args.pruned), real_driver) for j in jobs}
     rows = [{"provider": "ours", **r} for (n, d), p in _PLANS.items()
             for r in collect.finish(kernels.OPS[n], p, [r for j in jobs if j[:2] == (n, d) for r in done[j]])]
     if args.peers:
@@ -182,7 +187,10 @@ def main(argv=None) -> int:
             print(markdown(summary(df)) if args.markdown else summary(df).to_string(index=False))
     import triton
 
-    print(f"\n{len(df)} rows, {df['error'].astype(bool).sum()} with errors; {args.arch}, triton {triton.__version__}, "
+    skipped = int((df.get("source") == "not compiled").sum())
+    print(f"\n{len(df)} rows, {df['error'].astype(bool).sum()} with errors"
+          + (f", {skipped} not compiled (pruned there at every length; --pruned compiles them)" if skipped else "")
+          + f"; {args.arch}, triton {triton.__version__}, "
           f"{'driver' if real_driver else 'cuobjdump/nvdisasm'}; {time.time() - start:.0f} s"
           + (f"; CSV: {os.path.abspath(args.out)}" if args.out != "-" else ""))
     return 0

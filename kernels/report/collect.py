@@ -12,6 +12,13 @@ only a longer case launches) runs once per config index with every kernel of the
 (``kernels.force_config``), compiling each launch. One row per distinct compiled kernel of a (panel, kernel,
 config); ``pruned`` says at which sweep sequence lengths the rule drops the config, and ``may_pick`` whether the
 autotuner can pick it anywhere in the panel.
+
+What compiles: every launch the autotuner may pick (its prune rule keeps the config at some sweep length of the
+panel), and every config of every kernel at least once, so each has its numbers. A config the rule drops at every
+length of every panel compiles at its first launch only; its other launches, which would never run there, get a
+row with ``pruned = dropped`` and no numbers (``source = not compiled``), unless ``everything`` (``--pruned``).
+Those never-picked compiles were about 30% of the SASS of ``all`` (fp32's large tiles, which the shared-memory
+rule drops, most of it).
 """
 
 from __future__ import annotations
@@ -168,19 +175,44 @@ def plan(spec, dtype_name: str, log=print) -> Plan:
     return Plan(spec.name, dtype_name, labels, dict(seen), full, max(len(t.configs) for t in kernels))
 
 
-def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False) -> list[dict]:
+def _may_pick(p: Plan, panel, name: str, variant: str, index: int) -> bool:
+    """Whether the prune rule keeps config ``index`` of kernel ``name`` (``variant``) at some sweep length of
+    ``panel`` (a launch the light pass did not see: yes, it is compiled)."""
+    kept = p.seen.get((panel, name, variant))
+    return not kept or any(index in k for k in kept.values())
+
+
+def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False, everything: bool = False) -> list[dict]:
     """Rows of config ``index`` of every kernel of the op that has one: the planned cases run with every kernel
-    forced to that config (or its last), and the launches at ``index`` compile."""
+    forced to that config (or its last), and the launches at ``index`` compile: those the autotuner may pick, and
+    a kernel's first when it may pick ``index`` nowhere (the module docstring); all of them with ``everything``."""
     kernels, rows, done = op_kernels(spec), [], set()
+    pickable = {name for (panel, name, variant) in p.seen if _may_pick(p, panel, name, variant, index)}
+    once: set[str] = set()  # kernels never picked at ``index``, compiled once already
+
+    def wanted(panel, launch: Launch) -> bool:
+        name = launch.kernel.name
+        if launch.config != index:
+            return False
+        if everything or _may_pick(p, panel, name, launch.variant, index):
+            return True
+        if name in pickable or name in once:
+            return False
+        once.add(name)
+        return True
+
     with as_on_gpu(), rt.modeled_sms(h100.SMS):
         for panel, chosen in p.full.items():
             for dims in chosen:
-                with _forced(kernels, index), recording(kernels, compile=lambda l: l.config == index) as launches:
+                with _forced(kernels, index), recording(kernels, compile=lambda l: wanted(panel, l)) as launches:
                     run_case(spec, build_case(spec, dims, DTYPES[p.dtype]))
                 for l in launches:
-                    key = (panel, l.kernel.name, l.compiled.hash if l.compiled else l.variant)
+                    # a launch not compiled: what Triton specialises on stands in for its hash (a compiled one
+                    # leaves both keys, so its uncompiled twin at a longer length is no second row)
+                    spec_key = (panel, l.kernel.name, l.variant, *sorted(l.sig.items()))
+                    key = (panel, l.kernel.name, l.compiled.hash) if l.compiled else spec_key
                     if l.config == index and key not in done:
-                        done.add(key)
+                        done.update({key, spec_key})
                         rows.append((_row(spec, p, panel, dims, l), l.compiled))
     return _analysed(rows, from_driver)
 
@@ -188,6 +220,9 @@ def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False) -> lis
 def _analysed(rows: list, from_driver: bool) -> list[dict]:
     """``(row, compiled kernel or None)`` pairs -> rows with the cubin's columns, the kernels read in one batch."""
     compiled = [(row, kernel) for row, kernel in rows if kernel is not None]
+    for row, kernel in rows:
+        if kernel is None and not row["error"]:
+            row["source"] = "not compiled"  # pruned here at every length: it would never run here
     try:
         for (row, _), stats in zip(compiled, sass.analyse([k for _, k in compiled], from_driver=from_driver)):
             row.update(stats)
@@ -209,11 +244,11 @@ def worker_init(arch: int) -> None:
 
 
 def compile_job(job, from_driver: bool = False) -> list[dict]:
-    """``job = (op name, dtype, config index, Plan)``: :func:`compile_rows` in a worker."""
+    """``job = (op name, dtype, config index, Plan, everything)``: :func:`compile_rows` in a worker."""
     from .. import OPS
 
-    name, _, index, p = job
-    return compile_rows(OPS[name], p, index, from_driver=from_driver)
+    name, _, index, p, everything = job
+    return compile_rows(OPS[name], p, index, from_driver=from_driver, everything=everything)
 
 
 def plan_job(name: str, dtype_name: str) -> Plan:
@@ -228,10 +263,11 @@ def keyed_compile_job(job) -> tuple[tuple, list[dict]]:
     return job[:3], compile_job(job)
 
 
-def op_rows(spec, dtype_name: str, *, from_driver: bool = False, log=print) -> list[dict]:
+def op_rows(spec, dtype_name: str, *, from_driver: bool = False, everything: bool = False, log=print) -> list[dict]:
     """The report's rows for one op in one dtype (see the module docstring)."""
     p = plan(spec, dtype_name, log)
-    return finish(spec, p, [r for i in range(p.n_configs) for r in compile_rows(spec, p, i, from_driver=from_driver)])
+    return finish(spec, p, [r for i in range(p.n_configs)
+                            for r in compile_rows(spec, p, i, from_driver=from_driver, everything=everything)])
 
 
 def _row(spec, p: Plan, panel, dims, launch: Launch) -> dict:
