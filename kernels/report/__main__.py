@@ -88,21 +88,21 @@ def _worst(g) -> dict:
 
 def summary(df):
     """One line a (op, kernel, dtype): its default config, then every config the autotuner may pick (``may_pick``
-    rows: over the shapes and variants where the prune rule keeps it), each as the range over its rows of
-    registers and occupancy (warps an SM), the worst spill (bytes, ptxas' stores or loads), the limiters, and the
-    tensor-core and global-load classes seen. ``configs``: pickable / all."""
+    rows: over the shapes and variants where the prune rule keeps it, the default's too), each as the range over
+    its rows of registers and occupancy (warps an SM), the worst spill (bytes, ptxas' stores or loads), the
+    limiters, and the tensor-core and global-load classes seen. ``configs``: pickable / all."""
     import pandas as pd
 
     rows = []
     df = df if "provider" in df else df.assign(provider="ours")
     for (op, provider, kernel, dtype), every in df[df["error"].fillna("") == ""].groupby(
             ["op", "provider", "kernel", "dtype"], sort=False):
-        compiled = every[every["sass"].notna()]
-        pick = compiled[compiled["may_pick"] == True]  # noqa: E712  (a pandas mask)
-        default = compiled[compiled["default"] == True]  # noqa: E712
+        named = every[every["default"] == True]  # noqa: E712  (a pandas mask)
+        pick = every[(every["may_pick"] == True) & every["sass"].notna()]  # noqa: E712
+        default = pick[pick["default"] == True]  # noqa: E712  (where the tuner may pick it)
         row = {"op": op, "provider": provider, "kernel": kernel, "dtype": dtype,
                "configs": f"{pick['cfg'].nunique()}/{every['cfg'].nunique()}",
-               "default": default["config"].iloc[0] if len(default) else "-"}
+               "default": named["config"].iloc[0] if len(named) else "-"}
         for name, g in (("def", default), ("pick", pick)):
             row.update({f"{name}_{k}": v for k, v in (_worst(g) if len(g) else {}).items()})
         rows.append(row)
