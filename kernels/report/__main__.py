@@ -106,7 +106,7 @@ def summary(df):
         for name, g in (("def", default), ("pick", pick)):
             row.update({f"{name}_{k}": v for k, v in (_worst(g) if len(g) else {}).items()})
         rows.append(row)
-    return pd.DataFrame(rows).fillna("-")
+    return pd.DataFrame(rows, dtype=object).fillna("-")  # object: a kernel without a pickable default leaves ints
 
 
 def markdown(frame) -> str:
