@@ -58,7 +58,7 @@ import triton
 import triton.language as tl
 
 from ... import _runtime as rt
-from .kernel_gemm import _block_of_expert
+from .kernel_gemm import _block_of_expert, _keeper
 
 DW_BAND = 32  # DWPart's bands of inner columns: every moe_down_bwd BLOCK_N is a multiple
 _DW_BAND = tl.constexpr(DW_BAND)  # the same, as the kernel reads it
@@ -74,20 +74,6 @@ def _configs(tensor_core_tiles, fma_tiles, names):
     return make(tensor_core_tiles) + fma, fma
 
 
-def _by_precision(fma_configs, max_acc_per_thread=None):
-    """The prune rule: the FMA tiles for fp32 (IEEE) dots, the tensor-core tiles otherwise; with
-    ``max_acc_per_thread``, only tiles whose (BLOCK_M, BLOCK_N) fp32 tile spreads at most that many values over
-    each thread (BLOCK_M is the launch's, the dispatch's)."""
-
-    def keep(configs, named):
-        fma = named["PRECISION"] == "ieee"
-        return [c for c in configs if any(c is f for f in fma_configs) == fma and (
-            max_acc_per_thread is None
-            or named["BLOCK_M"] * c.kwargs["BLOCK_N"] <= max_acc_per_thread * 32 * c.num_warps)]
-
-    return keep
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The gradient of the activation: c = dout @ down[e] per expert block, the SwiGLU backward and dw in its epilogue
 # --------------------------------------------------------------------------------------------------------------
@@ -101,7 +87,8 @@ DOWN_BWD_CONFIGS, DOWN_BWD_FMA = _configs([(64, 64, 8, 3), (64, 32, 8, 4), (32, 
                                           [(32, 16, 8, 3), (32, 32, 8, 3)], ("BLOCK_N", "BLOCK_K"))
 
 
-@rt.autotune(DOWN_BWD_CONFIGS, key=["hidden", "inner", "BLOCK_M"], prune=_by_precision(DOWN_BWD_FMA, 32),
+@rt.autotune(DOWN_BWD_CONFIGS, key=["hidden", "inner", "BLOCK_M"],
+             prune=_keeper(DOWN_BWD_FMA, max_acc_per_thread=32),
              default={"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8})
 @triton.jit
 def moe_down_bwd(
@@ -169,7 +156,7 @@ WEIGHT_GRAD_CONFIGS, WEIGHT_GRAD_FMA = _configs(
 
 
 @rt.autotune(WEIGHT_GRAD_CONFIGS, key=["n_dim", "c_dim", "L_BY_TOKEN", "R_BY_TOKEN"],
-             prune=_by_precision(WEIGHT_GRAD_FMA), default={"BLOCK_N": 128, "BLOCK_C": 128})
+             prune=_keeper(WEIGHT_GRAD_FMA), default={"BLOCK_N": 128, "BLOCK_C": 128})
 @triton.jit
 def moe_weight_grad(
     L, R, DW, SortedPairs, Offsets, Counts, RouteW,

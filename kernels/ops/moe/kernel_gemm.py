@@ -121,14 +121,19 @@ def _gemm_configs(tensor_core_tiles, fma_tiles):
     return tc + fma, fma
 
 
-def _keeper(fma_configs, tma_tensors):
-    """The prune rule: the FMA tiles for fp32 (IEEE) dots, the tensor-core tiles otherwise, and TMA configs only
-    where ``rt.tma_ok`` says the tensors ``tma_tensors(named args)`` can be described."""
+def _keeper(fma_configs, tma_tensors=None, max_acc_per_thread=None):
+    """The prune rule of the MoE GEMMs (forward and backward): the FMA tiles for fp32 (IEEE) dots, the
+    tensor-core tiles otherwise; with ``tma_tensors``, TMA configs only where ``rt.tma_ok`` says the tensors
+    ``tma_tensors(named args)`` can be described; with ``max_acc_per_thread``, only tiles whose (BLOCK_M, BLOCK_N)
+    fp32 tile spreads at most that many values over each thread (BLOCK_M is the launch's, the dispatch's)."""
 
     def keep(configs, named):
         fma = named["PRECISION"] == "ieee"
-        tma = rt.tma_ok(*tma_tensors(named))
-        return [c for c in configs if any(c is f for f in fma_configs) == fma and (tma or not c.kwargs["TMA"])]
+        tma = tma_tensors is None or rt.tma_ok(*tma_tensors(named))
+        return [c for c in configs if any(c is f for f in fma_configs) == fma
+                and (tma or not c.kwargs["TMA"])
+                and (max_acc_per_thread is None
+                     or named["BLOCK_M"] * c.kwargs["BLOCK_N"] <= max_acc_per_thread * 32 * c.num_warps)]
 
     return keep
 
