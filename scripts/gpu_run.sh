@@ -6,7 +6,7 @@
 #   scripts/gpu_run.sh [all|check|report|sweep] [OP ...]     (default: all, every op)
 #
 # Runs on the GPU image as it is (python3 with torch, triton, pandas, matplotlib, hypothesis, transformers):
-# nothing is installed. The sweep CSV resumes: copy an earlier $OUT/sweep.csv to sweeps/results/partial.csv
+# nothing is installed. The sweep CSV resumes: copy an earlier $OUT/sweep.csv to triton_playground/sweeps/results/partial.csv
 # and the next run continues from it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +27,11 @@ if [ "$stage" = all ] || [ "$stage" = check ]; then
 fi
 if [ "$stage" = all ] || [ "$stage" = report ]; then
   # the static sm_90 report, its registers and local memory read from the loaded kernels (n_regs, n_spills)
-  python3 -m kernels.report $ops --out "$OUT/report.csv" > "$OUT/report.txt" 2>&1
+  python3 -m triton_playground report $ops --out "$OUT/report.csv" > "$OUT/report.txt" 2>&1
 fi
 if [ "$stage" = all ] || [ "$stage" = sweep ]; then
-  [ -f sweeps/results/partial.csv ] && cp sweeps/results/partial.csv "$OUT/sweep.csv"
-  python3 -m sweeps $ops --out "$OUT/sweep.csv" 2>&1 | tee "$OUT/sweep.log"
-  mkdir -p "$OUT/plots" && python3 -m plots "$OUT/sweep.csv" --out "$OUT/plots/"  # one PNG per op: a folder of their own
+  [ -f triton_playground/sweeps/results/partial.csv ] && cp triton_playground/sweeps/results/partial.csv "$OUT/sweep.csv"
+  python3 -m triton_playground sweep $ops --out "$OUT/sweep.csv" 2>&1 | tee "$OUT/sweep.log"
+  mkdir -p "$OUT/plots" && python3 -m triton_playground plot "$OUT/sweep.csv" --out "$OUT/plots/"  # one PNG per op: a folder of their own
 fi
 ls -la "$OUT"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.spec import Case, OpSpec
-from sweeps.agreement import relative_error
+from triton_playground.kernels.spec import Case, OpSpec
+from triton_playground.sweeps.agreement import relative_error
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -17,10 +17,10 @@ os.environ.update({"TRITON_INTERPRET": "0", "KERNELS_COMPILE_ONLY": "1"})
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import _runtime as rt  # noqa: E402
-from kernels.report import compile_only  # noqa: E402
-from kernels.spec import Case  # noqa: E402
+from triton_playground import kernels  # noqa: E402
+from triton_playground.kernels import _runtime as rt  # noqa: E402
+from triton_playground.kernels.report import compile_only  # noqa: E402
+from triton_playground.kernels.spec import Case  # noqa: E402
 
 compile_only.install(90, force=True)  # the stand-in H100 driver (shared with the report)
 

@@ -11,8 +11,8 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-import kernels  # noqa: F401  (sets TRITON_INTERPRET before anything imports triton)
-from kernels import _runtime
+from triton_playground import kernels  # noqa: F401  (sets TRITON_INTERPRET before anything imports triton)
+from triton_playground.kernels import _runtime
 
 _runtime.set_poison(True)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

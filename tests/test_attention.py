@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import _runtime as rt
-from kernels import force_config
-from kernels.ops.attention.api import SPLIT_ALIGN, _Attention, _split_plan, attention
-from kernels.ops.attention.kernel import MAX_BLOCK, attn_fwd
-from kernels.ops.attention.kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
-from kernels.ops.attention.reference import attention_reference, attention_varlen_reference, visible_mask
-from kernels.ops.attention.varlen import attention_varlen
-from kernels.ops.attention.spec import ATTENTION, _sdpa_peer, visible_pairs
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels import force_config
+from triton_playground.kernels.ops.attention.api import SPLIT_ALIGN, _Attention, _split_plan, attention
+from triton_playground.kernels.ops.attention.kernel import MAX_BLOCK, attn_fwd
+from triton_playground.kernels.ops.attention.kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
+from triton_playground.kernels.ops.attention.reference import attention_reference, attention_varlen_reference, visible_mask
+from triton_playground.kernels.ops.attention.varlen import attention_varlen
+from triton_playground.kernels.ops.attention.spec import ATTENTION, _sdpa_peer, visible_pairs
 from tests.checks import rel_err
 
 DEV = rt.DEVICE
@@ -333,7 +333,7 @@ def test_split_kv_path_compiles_for_h100():
 
 def _packed(q_lens, kv_lens, hq, hk, d, dtype=torch.float32, seed=0):
     """Packed q (total_q, hq, d), k, v (total_k, hk, d) requiring grad, and the two int32 prefix sums."""
-    from kernels.ops.attention.spec import cu_seqlens
+    from triton_playground.kernels.ops.attention.spec import cu_seqlens
 
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(sum(n), h, d, generator=g).to(DEV, dtype).requires_grad_()
@@ -425,7 +425,7 @@ def test_varlen_empty_and_keys_without_queries():
 def test_varlen_document_mask_is_the_reference_mask():
     """The FlexAttention peer's document mask (built on the GPU only) is, on the packed rows, the block-diagonal of
     each sequence's own mask; the FLOPs count exactly its visible pairs."""
-    from kernels.ops.attention.spec import ATTENTION_VARLEN, cu_seqlens, document_mask_mod
+    from triton_playground.kernels.ops.attention.spec import ATTENTION_VARLEN, cu_seqlens, document_mask_mod
 
     q_lens, kv_lens = (3, 0, 1, 9, 0, 5), (3, 2, 4, 12, 0, 5)
     for causal, window in ((True, None), (True, 4), (False, None)):
@@ -443,7 +443,7 @@ def test_varlen_document_mask_is_the_reference_mask():
 
 
 def test_varlen_sweep_cases_and_peers():
-    from kernels.ops.attention.spec import ATTENTION_VARLEN, _sdpa_varlen_peer, attention_varlen_reference
+    from triton_playground.kernels.ops.attention.spec import ATTENTION_VARLEN, _sdpa_varlen_peer, attention_varlen_reference
 
     spec = ATTENTION_VARLEN
     for dims in spec.sweep_cases(False)[::3]:
@@ -464,7 +464,7 @@ def test_varlen_sweep_cases_and_peers():
 def test_varlen_under_torch_compile():
     """torch.compile(fullgraph=True) traces through the custom op when max_seqlen_q / _k are given (the prefix sums
     are not read while tracing); without them it says so."""
-    import kernels
+    from triton_playground import kernels
 
     q, k, v, cu_q, cu_k = _packed((5, 0, 9), (5, 2, 12), 2, 1, 16)
 
@@ -486,9 +486,9 @@ def test_varlen_computes_only_tiles_of_each_sequence(window):
     """Counted (every program run): each kernel's executed pairs (dot FLOPs / FLOPs per pair) are at least the
     visible pairs within the sequences and at most those plus the tiles at each sequence's mask edges
     (tests/test_counters.py's bound, per sequence): no tile spans two sequences, none is padding."""
-    import kernels
-    from kernels.ops.attention.kernel import attn_fwd as fwd_kernel
-    from kernels.ops.attention.spec import ATTENTION_VARLEN
+    from triton_playground import kernels
+    from triton_playground.kernels.ops.attention.kernel import attn_fwd as fwd_kernel
+    from triton_playground.kernels.ops.attention.spec import ATTENTION_VARLEN
 
     lens, d = (300, 0, 1, 517, 90), 16
     q, k, v, cu_q, cu_k = _packed(lens, lens, 1, 1, d, torch.float16)

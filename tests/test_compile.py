@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kernels import OPS
-from kernels import _runtime as rt
+from triton_playground.kernels import OPS
+from triton_playground.kernels import _runtime as rt
 
 
 @pytest.mark.skipif(rt.GPU, reason="on a GPU every test compiles the kernels for real")

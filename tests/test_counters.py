@@ -14,13 +14,13 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels
-from kernels import OPS
-from kernels import _runtime as rt
-from kernels.ops.attention import kernel as attn_kernel
-from kernels.ops.attention import kernel_bwd as attn_kernel_bwd
-from kernels.ops.attention.spec import visible_pairs
-from kernels.perf import h100
+from triton_playground import kernels
+from triton_playground.kernels import OPS
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels.ops.attention import kernel as attn_kernel
+from triton_playground.kernels.ops.attention import kernel_bwd as attn_kernel_bwd
+from triton_playground.kernels.ops.attention.spec import visible_pairs
+from triton_playground.kernels.perf import h100
 
 pytestmark = pytest.mark.skipif(not rt.INTERPRET, reason="the counters run under the Triton interpreter")
 
@@ -213,7 +213,7 @@ def test_mlp_gemms_read_each_operand_tile_as_often_as_the_tiling_implies(tma):
     once per row of tiles (ceil(M / BLOCK_M) times) and the activations once per column of tiles (ceil(N /
     BLOCK_N) times). The pointer path reads whole strips even at the edges, where it wraps around rather than
     masking; a TMA box is clipped at the tensor's edge, so nothing past it is read."""
-    from kernels.ops.mlp import kernel as mlp_kernel
+    from triton_playground.kernels.ops.mlp import kernel as mlp_kernel
 
     tile = {"BLOCK_M": 128, "BLOCK_N": 256, "TMA": tma, "PERSISTENT": False}
     index = next(i for i, c in enumerate(mlp_kernel.gemm.configs) if tile.items() <= c.kwargs.items())

@@ -12,9 +12,9 @@ import dataclasses
 import pytest
 import torch
 
-import models
-from kernels import _runtime as rt
-from models.sampling import next_tokens, warp_logits
+from triton_playground import models
+from triton_playground.kernels import _runtime as rt
+from triton_playground.models.sampling import next_tokens, warp_logits
 
 transformers = pytest.importorskip("transformers")
 from tests.test_models import CASES, FIRST, Built  # noqa: E402

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-import models
-from kernels import _runtime as rt
+from triton_playground import models
+from triton_playground.kernels import _runtime as rt
 
 transformers = pytest.importorskip("transformers")
 from tests.test_models import CASES, FIRST, _perturb, _rel, _window_mask  # noqa: E402

@@ -15,10 +15,10 @@ import inspect
 import pytest
 import torch
 
-import kernels
-import models
-from kernels import _runtime as rt
-from kernels.library import IMPLEMENTATIONS
+from triton_playground import kernels
+from triton_playground import models
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels.library import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
 OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",
@@ -130,7 +130,7 @@ def test_public_function_is_the_api_function(name):
 @pytest.mark.skipif(not rt.INTERPRET, reason="kernels.count() counts Triton kernels under the interpreter only")
 def test_counts_are_those_of_the_kernels():
     """kernels.count() sees inside a custom op: the same launches as the api function, no extra one for the op."""
-    from kernels.ops.layer_norm.api import layer_norm
+    from triton_playground.kernels.ops.layer_norm.api import layer_norm
 
     x, w, b = _randn(4, 32, grad=True), _randn(32, grad=True), _randn(32, grad=True)
     summaries = []

@@ -4,11 +4,11 @@ every combination, leading dims, partial requires_grad, zero tokens, the two-sta
 import pytest
 import torch
 
-import kernels
-from kernels import _runtime as rt
-from kernels.ops.mlp import api, kernel
-from kernels.ops.mlp.api import column_sums
-from kernels.ops.mlp.reference import mlp_reference
+from triton_playground import kernels
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels.ops.mlp import api, kernel
+from triton_playground.kernels.ops.mlp.api import column_sums
+from triton_playground.kernels.ops.mlp.reference import mlp_reference
 from tests.checks import rel_err
 
 DEV = rt.DEVICE

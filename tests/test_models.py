@@ -25,8 +25,8 @@ import sys
 import pytest
 import torch
 
-import models
-from models import registry
+from triton_playground import models
+from triton_playground.models import registry
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -219,7 +219,7 @@ def test_generate_stops_at_eos_like_hf(built, name, tmp_path):
 
 def test_generation_tokens_prefer_generation_config(tmp_path):
     """HF's generate reads generation_config.json when the folder has one; config.json fills in what it lacks."""
-    from models._common import read_generation_tokens
+    from triton_playground.models._common import read_generation_tokens
 
     cfg = {"eos_token_id": 2, "pad_token_id": 1}
     assert read_generation_tokens(tmp_path, cfg) == ([2], 1)
@@ -415,9 +415,9 @@ def test_cuda_device_without_cuda_is_one_clear_error(built, monkeypatch):
 
 def test_bfloat16_refused_under_the_interpreter(built, tmp_path, monkeypatch):
     """The interpreter's tl.dot reads bf16 bits as integers: a bf16 model there must be refused at load time."""
-    import kernels._runtime
+    from triton_playground.kernels import _runtime
 
-    monkeypatch.setattr(kernels._runtime, "INTERPRET", True)  # what a machine without a GPU has
+    monkeypatch.setattr(_runtime, "INTERPRET", True)  # what a machine without a GPU has
     path = built(ONE_FILE).path
     with pytest.raises(TypeError, match=r"bfloat16.*Triton interpreter.*dtype=torch\.float32"):
         models.from_pretrained(path, dtype=torch.bfloat16)
@@ -454,7 +454,7 @@ def test_loading_needs_no_transformers(built):
         assert not any(n.split(".")[0] in ("transformers", "hypothesis") for n in names), \
             f"models/{file} imports {names} at its top"
     code = ("import sys; sys.modules['transformers'] = None\n"
-            "import models, models.registry as r\n"
+            "from triton_playground import models\nimport triton_playground.models.registry as r\n"
             "[r.family(t) for t in r.FAMILIES]\n"
             f"models.from_pretrained({built(ONE_FILE).path!r})\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

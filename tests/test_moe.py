@@ -6,13 +6,13 @@ for a backward when none is needed), and NaN propagation (a token with NaN in x 
 import pytest
 import torch
 
-from kernels import _runtime as rt
-from kernels import force_config, moe
-from kernels.ops.moe import api as moe_api
-from kernels.ops.moe.api import _moe_forward, moe_dispatch
-from kernels.ops.moe.kernel_gemm import moe_down, moe_gate_up, tma_gate_up, tma_weights
-from kernels.ops.moe.reference import moe_grouped_mm, moe_reference
-from kernels.ops.moe.spec import _make_case
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels import force_config, moe
+from triton_playground.kernels.ops.moe import api as moe_api
+from triton_playground.kernels.ops.moe.api import _moe_forward, moe_dispatch
+from triton_playground.kernels.ops.moe.kernel_gemm import moe_down, moe_gate_up, tma_gate_up, tma_weights
+from triton_playground.kernels.ops.moe.reference import moe_grouped_mm, moe_reference
+from triton_playground.kernels.ops.moe.spec import _make_case
 DEV = rt.DEVICE
 
 

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import OPS, force_config
-from kernels import _runtime as rt
+from triton_playground.kernels import OPS, force_config
+from triton_playground.kernels import _runtime as rt
 from tests.checks import compare
 from tests.conftest import PROFILE
 

@@ -1,5 +1,5 @@
-"""A plain install (no extras) is a working library: ``import kernels, models``, ``python -m sweeps`` and
-``python -m plots`` need neither hypothesis nor transformers (test-only and optional-peer dependencies).
+"""A plain install (no extras) is a working library: ``import kernels, models``, ``triton-playground sweep`` and
+``triton-playground plot`` need neither hypothesis nor transformers (test-only and optional-peer dependencies).
 
 Each check runs in a fresh interpreter whose import system refuses those two packages, as on a machine where
 ``pip install .`` put only the core dependencies.
@@ -42,8 +42,9 @@ def test_the_hiding_works(tmp_path):
 
 def test_library_imports_without_test_tooling(tmp_path):
     proc = _run("""
-        import kernels, models, kernels.perf, models.sweep
-        import sweeps.runner, plots.__main__
+        from triton_playground import kernels, models
+        import triton_playground.kernels.perf, triton_playground.models.sweep
+        import triton_playground.sweeps.runner, triton_playground.plots.__main__
         assert callable(kernels.attention) and len(kernels.OPS) >= 7
         print("ok")
     """, tmp_path)
@@ -56,10 +57,10 @@ def test_clis_run_without_test_tooling(command, tmp_path):
     proc = _run(f"""
         import runpy, sys
         sys.argv = ["sweeps", "layer_norm", "--modes", "fwd", "--max-seqlen", "512", "--out", {str(csv)!r}]
-        runpy.run_module("sweeps", run_name="__main__")
+        runpy.run_module("triton_playground.sweeps", run_name="__main__")
         if {command!r} == "plots":
             sys.argv = ["plots", {str(csv)!r}, "--out", {str(tmp_path / "s.png")!r}]
-            runpy.run_module("plots", run_name="__main__")
+            runpy.run_module("triton_playground.plots", run_name="__main__")
     """, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert csv.exists()

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kernels import OPS, peers
-from kernels.spec import NotComparable
-from plots.summary import versus
-from sweeps import runner
-from sweeps.agreement import check_dims, disagreement, relative_error
-from sweeps.timing import Timer
+from triton_playground.kernels import OPS, peers
+from triton_playground.kernels.spec import NotComparable
+from triton_playground.plots.summary import versus
+from triton_playground.sweeps import runner
+from triton_playground.sweeps.agreement import check_dims, disagreement, relative_error
+from triton_playground.sweeps.timing import Timer
 
 TIMER = Timer(counts=False)
 

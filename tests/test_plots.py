@@ -1,4 +1,4 @@
-"""python -m plots: bad inputs get one line and exit code 2; CSVs of several devices or commits get a line each;
+"""triton-playground plot: bad inputs get one line and exit code 2; CSVs of several devices or commits get a line each;
 one figure per op; modeled and timed rows are separate lines; a provider's colour is fixed; the p20-p80 band only
 where the rows have one; the summary's geometric means."""
 
@@ -12,17 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import plots.__main__ as plots_main
-from plots.figures import PROVIDER_COLORS, build_lines, provider_color, throughput_metric
-from plots.summary import geomean, summary
-from sweeps.runner import COLUMNS
+import triton_playground.plots.__main__ as plots_main
+from triton_playground.plots.figures import PROVIDER_COLORS, build_lines, provider_color, throughput_metric
+from triton_playground.plots.summary import geomean, summary
+from triton_playground.sweeps.runner import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQLENS = (8, 16, 32)
 
 
 def sweep_rows(device: str, commit: str, ours_speedup: float, op: str = "layer_norm", **extra) -> list[dict]:
-    """Rows as python -m sweeps writes them: eager and ours, one panel, three seqlens (``extra``: more columns)."""
+    """Rows as triton-playground sweep writes them: eager and ours, one panel, three seqlens (``extra``: more columns)."""
     return [{"op": op, "provider": provider, "mode": "fwd", "dtype": "fp32", "seqlen": seqlen,
              "params": '{"hidden": 256}', "ms": 1.0, "speedup": 1.0 if provider == "eager" else ours_speedup,
              "pct_roofline": 10.0 if provider == "eager" else 10.0 * ours_speedup, "device": device,
@@ -74,7 +74,7 @@ def _directory(tmp_path):
 ], ids=["missing", "empty", "not-a-sweep", "directory"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make, says):
     path = make(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "plots", str(path)], cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "triton_playground.plots", str(path)], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -87,7 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make, says):
 
 
 def _saved_figures(monkeypatch, argv) -> list[matplotlib.figure.Figure]:
-    """Run python -m plots in-process and return the figures it saved (one per op)."""
+    """Run triton-playground plot in-process and return the figures it saved (one per op)."""
     saved, real_savefig = [], matplotlib.figure.Figure.savefig
 
     def savefig(self, *args, **kwargs):

@@ -26,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kernels import OPS
-from kernels import _runtime as rt
-from kernels.report.collect import op_kernels
+from triton_playground.kernels import OPS
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels.report.collect import op_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(rt.GPU, reason="the report compiles for sm_90 here; a GPU's suite runs the kernels")
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(rt.GPU, reason="the report compiles for sm_90 he
 
 def _report(out: Path, *args) -> pd.DataFrame:
     # the report's own cache (parsed cubins) starts empty, so the parsers run on every kernel, as on a fresh clone
-    proc = subprocess.run([sys.executable, "-m", "kernels.report", *args, "--quiet", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "triton_playground.kernels.report", *args, "--quiet", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "KERNELS_REPORT_CACHE": str(out.parent / "parsed")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -84,7 +84,7 @@ def _cubin(name: str, kernel_hash: str) -> bytes:
 def _res_usage(cubin: Path, name: str) -> tuple[int, ...]:
     """(REG, STACK, SHARED, LOCAL) of ``name`` as ``cuobjdump -res-usage`` prints them, read with a pattern of
     this test's own (not the report's parser)."""
-    from kernels.report.sass import tool
+    from triton_playground.kernels.report.sass import tool
 
     text = subprocess.run([tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
                           check=True).stdout
@@ -94,7 +94,7 @@ def _res_usage(cubin: Path, name: str) -> tuple[int, ...]:
 
 
 def _sass_count(cubin: Path, opcode: str) -> int:
-    from kernels.report.sass import tool
+    from triton_playground.kernels.report.sass import tool
 
     text = subprocess.run([tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                           check=True).stdout
@@ -120,7 +120,7 @@ _SPILLER = """
 import os, sys
 os.environ.update({"TRITON_INTERPRET": "0", "KERNELS_COMPILE_ONLY": "1"})
 import json, torch, triton, triton.language as tl
-from kernels.report import compile_only, sass
+from triton_playground.kernels.report import compile_only, sass
 compile_only.install(90, force=True)
 
 @triton.jit
@@ -162,7 +162,7 @@ def test_a_spill_is_seen_as_cuobjdump_and_ptxas_see_it(tmp_path):
 def test_batched_disassembly_gives_each_kernel_its_own_instructions(routing_report):
     """The report disassembles a job's kernels in one nvdisasm run (``sass.sass_counts``: raw .text sections,
     instructions split by address); each row's counts are those of its own cubin disassembled alone."""
-    from kernels.report import sass
+    from triton_playground.kernels.report import sass
 
     rows = routing_report.drop_duplicates("hash").to_dict("records")
     assert len({r["kernel"] for r in rows}) == 2 and len(rows) > 4  # batches that mixed kernels and configs

@@ -4,9 +4,9 @@ agreement with Hugging Face's Persimmon and OLMoE rotary code, and argument erro
 import pytest
 import torch
 
-import kernels
-from kernels import _runtime as rt
-from kernels.ops.rope.reference import partial_rope_reference
+from triton_playground import kernels
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels.ops.rope.reference import partial_rope_reference
 from tests.checks import rel_err
 
 DEV = rt.DEVICE

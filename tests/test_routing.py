@@ -5,9 +5,9 @@ whose softmax is undefined (NaN, +inf, all -inf)."""
 import pytest
 import torch
 
-from kernels import _runtime as rt
-from kernels import topk_routing
-from kernels.ops.routing.reference import topk_routing_reference, torch_softmax_topk
+from triton_playground.kernels import _runtime as rt
+from triton_playground.kernels import topk_routing
+from triton_playground.kernels.ops.routing.reference import topk_routing_reference, torch_softmax_topk
 
 DEV = rt.DEVICE
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import plots.__main__ as plots_main
-from kernels import OPS, _runtime
-from sweeps import plan, runner
-from sweeps.modeled import Modeled
-from sweeps.store import KEY
-from sweeps.timing import Timer
+import triton_playground.plots.__main__ as plots_main
+from triton_playground.kernels import OPS, _runtime
+from triton_playground.sweeps import plan, runner
+from triton_playground.sweeps.modeled import Modeled
+from triton_playground.sweeps.store import KEY
+from triton_playground.sweeps.timing import Timer
 
 # The runner's mechanics (resume, failures, retries) under the cheapest measurer: interpreter timings at tiny sizes.
 TIMER = Timer()
@@ -125,7 +125,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sweep_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "triton_playground.sweeps", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -222,7 +222,7 @@ def test_cli_without_a_gpu_writes_modeled_rows_at_real_sizes(tmp_path):
     assert (eager["speedup"] == 1.0).all()
     ours = df[df["provider"] == "ours"]
     # the modeled time is the roofline of the counted bytes (these ops do no matrix products) plus the launches
-    from kernels.perf import h100
+    from triton_playground.kernels.perf import h100
     expected = 1e3 * (ours["bytes_exec"] / h100.HBM_BYTES_PER_S) + 1e3 * ours["launches"] * h100.LAUNCH_OVERHEAD_S
     assert (ours["ms"] >= 0.999 * expected).all()
     again = sweep_cli("layer_norm", "rms_norm", "--max-seqlen", "1024", "--out", str(out))

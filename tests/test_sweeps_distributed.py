@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-import plots.__main__ as plots_main
-from kernels import OPS
-from sweeps import plan, runner
-from sweeps.distributed import KILL_HOOK, assign
-from sweeps.store import COLUMNS, KEY, ORDER, merge, shard_files, shard_path
+import triton_playground.plots.__main__ as plots_main
+from triton_playground.kernels import OPS
+from triton_playground.sweeps import plan, runner
+from triton_playground.sweeps.distributed import KILL_HOOK, assign
+from triton_playground.sweeps.store import COLUMNS, KEY, ORDER, merge, shard_files, shard_path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Real op names, as the CLI takes them; small cases (seqlen 512, forward, eager and ours) keep each run ~10 s.
@@ -21,10 +21,10 @@ SWEEP = ["layer_norm", "partial_rope", "--max-seqlen", "512", "--modes", "fwd", 
 
 
 def _sweep(out: Path, nproc: int | None, **env) -> subprocess.CompletedProcess:
-    """``python -m sweeps SWEEP --out out``, under ``torchrun --nproc-per-node nproc`` unless ``nproc`` is None."""
+    """``triton-playground sweep SWEEP --out out``, under ``torchrun --nproc-per-node nproc`` unless ``nproc`` is None."""
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                          str(nproc)]
-    command = [sys.executable, *launcher, "-m", "sweeps", *SWEEP, "--out", str(out)]
+    command = [sys.executable, *launcher, "-m", "triton_playground.sweeps", *SWEEP, "--out", str(out)]
     environ = {k: v for k, v in os.environ.items() if k != KILL_HOOK}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**environ, "OPENBLAS_NUM_THREADS": "1", **env})

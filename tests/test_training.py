@@ -31,9 +31,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from kernels import _runtime as rt
-from models._common import Checkpoint, read_config
+from triton_playground import models
+from triton_playground.kernels import _runtime as rt
+from triton_playground.models._common import Checkpoint, read_config
 
 transformers = pytest.importorskip("transformers")
 from tests.test_generate import loaded, monkeypatch_module  # noqa: E402, F401  (fixtures: each family's first case)
