@@ -15,8 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
   echo "# The lock: every dependency's version as resolved by scripts/lock.sh on $(date -u +%F) with"
   echo "# $("$tmp/venv/bin/python" --version). scripts/setup.sh installs with '-c constraints.txt'."
   echo "# Do not edit by hand: rerun scripts/lock.sh, then the suite (bash .ci/run) decides whether it lands."
-  "$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -vE '^(setuptools|wheel)==' \
-    | sed -E 's/^(torch==[^+]*)\+cpu$/\1/' | sort -f
+  "$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]*)\+cpu$/\1/' | sort -f
 } > constraints.txt.new
 mv constraints.txt.new constraints.txt
 echo "wrote constraints.txt ($(grep -vc '^#' constraints.txt) packages); now: rm -rf .venv && bash .ci/run"
