@@ -315,8 +315,8 @@ def test_split_kv_path_compiles_for_h100():
     its combine kernel too, in bf16 and fp32."""
     code = (
         "import tests.compile_check, torch\n"
-        "from kernels import _runtime as rt\n"
-        "from kernels.ops.attention.api import _Attention\n"
+        "from triton_playground.kernels import _runtime as rt\n"
+        "from triton_playground.kernels.ops.attention.api import _Attention\n"
         "for dt in (torch.bfloat16, torch.float32):\n"
         "    q = torch.randn(1, 2, 1, 80, dtype=dt)\n"
         "    k = torch.randn(1, 1, 1000, 80, dtype=dt)\n"

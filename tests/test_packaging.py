@@ -1,4 +1,4 @@
-"""A plain install (no extras) is a working library: ``import kernels, models``, ``triton-playground sweep`` and
+"""A plain install (no extras) is a working library: ``from triton_playground import kernels, models``, ``triton-playground sweep`` and
 ``triton-playground plot`` need neither hypothesis nor transformers (test-only and optional-peer dependencies).
 
 Each check runs in a fresh interpreter whose import system refuses those two packages, as on a machine where
@@ -102,6 +102,22 @@ def test_our_package_and_every_hf_family_import_in_one_process(where, tmp_path):
         assert "triton_playground" not in kernels.__file__
         print("ok")
     """, ROOT if where == "root" else tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_transformers_imported_first(tmp_path):
+    """transformers 5's model classes import triton (through Hugging Face's kernels package) before ours can
+    choose the interpreter: our kernels still run there, tl.sum's helpers included (a norm), and agree."""
+    proc = _python("""
+        import sys, torch
+        from transformers import GPT2LMHeadModel
+        assert "triton" in sys.modules  # what makes this case: triton came first
+        from triton_playground import kernels
+        x, w, b = torch.randn(8, 64), torch.randn(64), torch.randn(64)
+        error = (kernels.layer_norm(x, w, b, 1e-5) - torch.nn.functional.layer_norm(x, (64,), w, b, 1e-5)).abs().max()
+        assert error < 1e-5, error
+        print("ok")
+    """, tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 

@@ -23,15 +23,31 @@ import sys
 import torch
 
 GPU = torch.cuda.is_available()
+_TRITON_CAME_FIRST = "triton" in sys.modules  # transformers 5 imports it (through Hugging Face's kernels package)
 if not GPU and "TRITON_INTERPRET" not in os.environ:
-    if "triton" in sys.modules:
-        # triton.language's own @jit helpers (tl.sum's combine function, ...) were built for the compiler when
-        # triton was imported; under the interpreter they fail later with an obscure error. Say so now.
-        raise ImportError("no GPU, so kernels must run under the Triton interpreter, but triton was imported "
-                          "before kernels: import kernels first, or set TRITON_INTERPRET=1 in the environment")
     os.environ["TRITON_INTERPRET"] = "1"
 
 import triton  # noqa: E402  (must come after TRITON_INTERPRET is settled)
+
+
+def _interpret_triton_language() -> None:
+    """Make triton.language's own ``@triton.jit`` helpers (tl.sum's combine function, tl.cdiv, ...) interpretable
+    when triton was imported before the interpreter was chosen (``import transformers`` first): they were built
+    as compiled functions then, and a compiled function cannot be called from an interpreted kernel. Each becomes
+    the interpreted function the decorator would have made, over the same Python source."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("triton.language"):
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                setattr(module, attr, InterpretedFunction(value.fn, do_not_specialize=value.do_not_specialize))
+
+
+if _TRITON_CAME_FIRST and not GPU and os.environ.get("TRITON_INTERPRET") == "1":
+    _interpret_triton_language()
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Compile-only mode (tests/compile_check.py): no GPU, no interpreter; every launch compiles the kernel for an
