@@ -20,7 +20,7 @@ from triton_playground.kernels import _runtime as rt
 from triton_playground.kernels.ops.attention import kernel as attn_kernel
 from triton_playground.kernels.ops.attention import kernel_bwd as attn_kernel_bwd
 from triton_playground.kernels.ops.attention.spec import visible_pairs
-from triton_playground.kernels.perf import h100
+from triton_playground.kernels.perf import model
 
 pytestmark = pytest.mark.skipif(not rt.INTERPRET, reason="the counters run under the Triton interpreter")
 
@@ -32,6 +32,12 @@ pytestmark = pytest.mark.skipif(not rt.INTERPRET, reason="the counters run under
 def _masked_copy(X, Y, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(Y + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
+
+
+@triton.jit
+def _scale_rows(X, W, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * n + tl.arange(0, BLOCK)
+    tl.store(Y + offs, tl.load(X + offs) * tl.load(W + tl.arange(0, BLOCK)))
 
 
 @triton.jit
@@ -115,10 +121,61 @@ def test_nested_counters_each_see_everything():
     assert (inner.launches, outer.launches) == (1, 2)
 
 
-def test_the_model_is_max_of_compute_and_memory_plus_launch():
-    launch = kernels.perf.Launch("k", bytes_read=int(3e9), bytes_written=0)
-    launch.dot_flops["bf16"] = int(798e12 * 2e-3)  # 2 ms of compute against 1 ms of memory
-    assert h100.launch_seconds(launch) == pytest.approx(2e-3 + h100.LAUNCH_OVERHEAD_S)
+def test_a_launch_is_modeled_at_its_slowest_roof_plus_its_fixed_cost():
+    h100, c = model.H100, model.CONSTANTS
+    launch = kernels.perf.Launch("k", programs=100_000, bytes_read=int(h100.hbm_bytes_per_s * 1e-3), num_warps=4)
+    launch.dot_flops["bf16"] = int(h100.peak_flops["bf16"] * 2e-3)  # 2 ms of compute against 1 ms of memory
+    assert model.device_seconds(launch) == pytest.approx(2e-3 + c.kernel_fixed_s)
+    launch.dot_flops["bf16"] = 0  # now memory-bound: each byte once, at HBM's rate
+    assert model.device_seconds(launch) == pytest.approx(1e-3 + c.kernel_fixed_s)
+    # one program an SM looping over rows without a tl.dot: its own pace, not HBM's, bounds it
+    persistent = kernels.perf.Launch("p", programs=132, bytes_read=int(132 * 1e6), num_warps=16)
+    persistent.trips = 30
+    pace = 1e6 / c.program_bytes_per_s + 30 * c.trip_s
+    assert model.device_seconds(persistent) == pytest.approx(max(pace, 132e6 / h100.hbm_bytes_per_s)
+                                                             + c.kernel_fixed_s)
+
+
+def test_rereads_reach_hbm_only_past_what_l2_holds():
+    """A weight of 16 KB re-read by 4096 row programs costs HBM its 16 KB once; a 1 GB tensor re-read by programs
+    that touch more than L2 holds at once costs HBM its re-reads in proportion."""
+    norm = kernels.perf.Launch("norm", programs=4096, bytes_read=4096 * 16384 * 2, num_warps=4)
+    norm.extents = [4096 * 16384, 16384]
+    norm.requested = {(0, "r"): 4096 * 16384, (1, "r"): 4096 * 16384}
+    assert norm.bytes_unique == 4096 * 16384 + 16384
+    assert model.dram_bytes(norm, model.H100) == norm.bytes_unique
+    big = kernels.perf.Launch("big", programs=132, bytes_read=int(4e9), num_warps=8)
+    big.extents, big.requested = [int(1e9)], {(0, "r"): int(4e9)}
+    assert big.bytes_unique == int(1e9)
+    assert model.dram_bytes(big, model.H100) == pytest.approx(1e9 + 3e9 * (1 - model.H100.l2_bytes / 1e9))
+
+
+def test_loads_are_attributed_to_the_tensors_they_read():
+    """Every load and store of a launch lands on the tensor argument its address falls in: a vector re-read by
+    every program is requested once a program, and its extent caps what is unique."""
+    x, w = torch.randn(64, 32), torch.randn(32)
+    with kernels.count() as c:
+        _scale_rows[(64,)](x, w, torch.empty_like(x), 32, BLOCK=32)
+    (launch,) = c.records
+    assert launch.requested == {(0, "r"): 64 * 32 * 4, (1, "r"): 64 * 32 * 4, (2, "w"): 64 * 32 * 4}
+    assert launch.extents == [64 * 32 * 4, 32 * 4, 64 * 32 * 4]
+    assert launch.bytes_unique == 2 * 64 * 32 * 4 + 32 * 4
+
+
+def test_a_call_is_host_bound_when_the_host_is_slower_than_the_device():
+    """The timeline: tiny launches hide behind do_bench's L2 flush until the host falls behind, and a sync makes
+    the host wait for the device."""
+    c, h100 = model.CONSTANTS, model.H100
+    tiny = kernels.perf.Launch("tiny", programs=1, bytes_read=4, num_warps=4)
+    few = kernels.perf.Counter([tiny])
+    assert model.timeline_seconds([few]) == pytest.approx(model.device_seconds(tiny))
+    flush = model.FLUSH_BYTES / h100.hbm_bytes_per_s
+    n = int(3 * flush / c.host_triton_s)  # three flushes' worth of host time
+    many = kernels.perf.Counter([tiny] * n)
+    assert model.timeline_seconds([many]) == pytest.approx(n * c.host_triton_s - flush + model.device_seconds(tiny))
+    synced = kernels.perf.Counter([tiny], host=[(1, "sync"), (1, "op")])
+    assert model.timeline_seconds([synced], flush=False) == pytest.approx(
+        c.host_triton_s + model.device_seconds(tiny) + c.sync_s + c.host_op_s)
 
 
 # ------------------------------------------------------------------------------------------------ block skipping
@@ -192,7 +249,7 @@ def test_memory_bound_ops_move_near_the_least_bytes(name, mode):
     and 16 programs of a launch run (their work is uniform, so the scaling is exact)."""
     spec, dims = OPS[name], MEMORY_BOUND[name]
     case = spec.make_case(dims, torch.float16, rt.DEVICE, requires_grad=mode == "bwd")
-    with rt.modeled_sms(h100.SMS):
+    with rt.modeled_sms(model.H100.sms):
         with kernels.count(sample=16) as fwd:
             outs = spec.fn(*case.args, **case.kwargs)
         counter = fwd

@@ -221,10 +221,12 @@ def test_cli_without_a_gpu_writes_modeled_rows_at_real_sizes(tmp_path):
     eager = df[df["provider"] == "eager"]
     assert (eager["speedup"] == 1.0).all()
     ours = df[df["provider"] == "ours"]
-    # the modeled time is the roofline of the counted bytes (these ops do no matrix products) plus the launches
-    from triton_playground.kernels.perf import h100
-    expected = 1e3 * (ours["bytes_exec"] / h100.HBM_BYTES_PER_S) + 1e3 * ours["launches"] * h100.LAUNCH_OVERHEAD_S
-    assert (ours["ms"] >= 0.999 * expected).all()
+    # the modeled time is at least what its bytes take from HBM (these ops do no matrix products); L2 spares HBM
+    # some of the counted bytes, never adds to them, and what reaches HBM is the least the op must move (within
+    # the sampled counts' error: a sample of a launch's programs is scaled to the whole grid)
+    from triton_playground.kernels.perf.model import H100
+    assert (ours["bytes_dram"] <= ours["bytes_exec"]).all() and (ours["bytes_dram"] >= 0.98 * ours["bytes_min"]).all()
+    assert (ours["ms"] >= 0.999 * 1e3 * ours["bytes_dram"] / H100.hbm_bytes_per_s).all()
     again = sweep_cli("layer_norm", "rms_norm", "--max-seqlen", "1024", "--out", str(out))
     assert "nothing new" in again.stdout, again.stdout + again.stderr
 

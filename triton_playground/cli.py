@@ -17,6 +17,8 @@ COMMANDS = {
     "plot": ("triton_playground.plots.__main__", "speedup figures and summary tables from sweep CSVs"),
     "report": ("triton_playground.kernels.report.__main__",
                "what every kernel compiles to for sm_90: registers, spills, occupancy, tensor cores, loads"),
+    "validate": ("triton_playground.validation.__main__",
+                 "the H100 model against published H100 measurements (Liger-Kernel's): errors, held out"),
 }
 
 

@@ -127,7 +127,8 @@ def main(argv=None):
         print(f"wrote {prefix.name}_peers.csv")
     kinds = {kind_of(d) for d in ok["device"].unique()}
     if "modeled" in kinds:
-        print("note: model:* rows are modeled from counted work (an attainable bound, not a measurement)")
+        print("note: model:* rows are modeled from counted work (triton-playground validate gives the model's "
+              "error against published H100 measurements), not measured")
     if "interpreter" in kinds:
         print("note: interpreter rows are the Triton interpreter's wall-clock, not performance")
 

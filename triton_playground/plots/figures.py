@@ -3,7 +3,7 @@
 Lines: one per provider, device and commit (:func:`build_lines`), so rows of two devices, of a model and a GPU, or of
 two commits are never joined into one line. Colour is the provider's (:func:`provider_color`, the same in every
 figure); the line style says what the rows are: solid for GPU timings, dashed for rows modeled from counted work
-(``model:*`` devices: an attainable bound, not a measurement), dotted for interpreter wall-clock timings.
+(``model:*`` devices: modeled from counted work, not measured), dotted for interpreter wall-clock timings.
 
 Band (where the rows have ``ms_p20``/``ms_p80``): the provider's own p20-p80 spread with eager's median held fixed,
 i.e. speedup x ms/p80 .. speedup x ms/p20 (= eager_ms/p80 .. eager_ms/p20), and the same scaling of the throughput.

@@ -20,8 +20,8 @@ from triton_playground.sweeps.timing import Timer
 SEQLEN_HELP = """\
 rows without a GPU:
   each case is counted under the Triton interpreter at its real (GPU) size and modeled on an H100:
-  device=model:H100, ms = the roofline model of the counted FLOPs and bytes (kernels/perf/h100.py), an
-  attainable bound, not a measurement. bf16 is counted by running fp16 (same bytes, kernels and peak).
+  device=model:H100, ms = the H100 model of the counted work (kernels/perf/model.py; its error against published
+  H100 measurements: triton-playground validate), not a measurement. bf16 is counted by running fp16 (same bytes, kernels and peak).
 
 sequence lengths (--max-seqlen N):
   on a GPU and in modeled rows, each op's own list, less the cases longer than N.

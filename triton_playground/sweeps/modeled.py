@@ -2,9 +2,11 @@
 
 Each provider runs once per case under ``kernels.count()`` (the Triton interpreter's counters and the aten
 counter, see ``kernels/perf/counters.py``): its forward, then its backward, each counted on its own, so one run
-serves the ``fwd``, ``bwd`` and ``fwd+bwd`` rows of the case. A row's ``ms`` is the H100 roofline model of those
-counts (``kernels/perf/h100.py``), and its ``device`` says ``model:H100``: an attainable bound from counted work,
-never a measured time.
+serves the ``fwd``, ``bwd`` and ``fwd+bwd`` rows of the case. A row's ``ms`` is the H100 model of those counts
+(``kernels/perf/model.py``: device time per launch with L2 and the programs' own pace, the host's launches, the
+timeline of both as ``do_bench`` times a call; checked against published H100 measurements by
+``triton-playground validate``), ``bytes_dram`` what of the counted bytes the model sends to HBM, and ``device``
+says ``model:H100``: a model of counted work, never a measured time.
 
 * Real sizes. The cases are the GPU sweep's. A launch of more than ``sample`` programs runs a spread-out sample of
   them and is scaled (the ``counted`` column says how many ran); kernels whose outputs steer later launches
@@ -31,7 +33,7 @@ import torch
 
 from triton_playground import kernels
 from triton_playground.kernels import _runtime as rt
-from triton_playground.kernels.perf import h100
+from triton_playground.kernels.perf import model as gpu
 from triton_playground.kernels.perf.counters import Counter
 from triton_playground.kernels.spec import Case, NotComparable
 
@@ -46,11 +48,12 @@ DEFAULT_SECONDS = 1.0  # and a sampled launch stops after this long (two program
 class Modeled:
     """A :class:`sweeps.runner.Measurer` whose ``ms`` is the H100 model of counted work."""
 
-    device = h100.DEVICE
+    device = gpu.label(gpu.H100)
     real_sizes = True
     stand_ins = {torch.bfloat16: torch.float16}
     notice = ("No GPU: every case is counted under the Triton interpreter at its real size and modeled on an H100 "
-              "(device=model:H100): an attainable bound from counted FLOPs and bytes, not a measured time.")
+              "(device=model:H100): a model of counted work, checked against published H100 measurements "
+              "(triton-playground validate), not a measured time.")
 
     def __init__(self, sample: int | None = DEFAULT_SAMPLE, workers: int | None = None,
                  seconds: float | None = DEFAULT_SECONDS):
@@ -59,7 +62,7 @@ class Modeled:
         self._phases: dict = {}  # (case key, provider) -> {"fwd": Counter, "bwd": Counter} or the exception
 
     def ceilings(self) -> dict:
-        return h100.ceilings()
+        return gpu.ceilings(gpu.H100)
 
     # ---------------------------------------------------------------------------------------------- counting
 
@@ -93,11 +96,12 @@ class Modeled:
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
                                   self.seconds)  # a fallback: prepare() counted what it was given
             self._phases[(key, provider)] = phases
-        counter = Counter([r for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))
-                           for r in phases[phase].records])
+        timed = [phases[phase] for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))]
+        counter = Counter([r for phase in timed for r in phase.records])
         sampled = [r for r in counter.records if r.programs_run < r.programs]
         return {
-            "ms": h100.modeled_ms(counter), "flops_exec": counter.flops, "bytes_exec": counter.bytes,
+            "ms": gpu.modeled_ms(timed, gpu.H100), "flops_exec": counter.flops, "bytes_exec": counter.bytes,
+            "bytes_dram": round(sum(gpu.dram_bytes(r, gpu.H100) for r in counter.records)),
             "launches": counter.launches, "programs": counter.programs,
             "counted": (f"{sum(r.programs_run for r in sampled)} of {sum(r.programs for r in sampled)} programs of "
                         f"{len(sampled)} launches run" if sampled else "every program"),
@@ -133,7 +137,7 @@ def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, fl
 
 
 def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds) -> dict:
-    with rt.modeled_sms(h100.SMS):
+    with rt.modeled_sms(gpu.H100.sms):
         with kernels.count(sample=sample, seconds=seconds, exact=exact) as fwd:
             outs = fn(*case.args, **case.kwargs)
         phases = {"fwd": fwd}

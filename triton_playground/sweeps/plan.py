@@ -183,13 +183,13 @@ COMPILE_SECONDS = 5.0
 
 def expected_cost(item: WorkItem, providers: list[str]) -> float:
     """Expected seconds (a rough model, see above) of measuring ``item`` under ``providers``."""
-    from triton_playground.kernels.perf import h100
+    from triton_playground.kernels.perf.model import H100
 
     name = DTYPE_NAMES[item.dtype]
-    peak = h100.PEAK_FLOPS["fp32-ieee" if name == "fp32" else name]
+    peak = H100.peak_flops["fp32-ieee" if name == "fp32" else name]
     try:
         work = max(float(item.spec.flops(item.dims, item.mode)) / peak,
-                   float(item.spec.bytes_moved(item.dims, item.dtype, item.mode)) / h100.HBM_BYTES_PER_S)
+                   float(item.spec.bytes_moved(item.dims, item.dtype, item.mode)) / H100.hbm_bytes_per_s)
     except Exception:  # noqa: BLE001  (a spec without formulas for these dims: the sequence length alone)
         work = item.dims["seqlen"] * 1e-7
     return sum(ROW_SECONDS + CALLS_PER_ROW * work + (COMPILE_SECONDS if p == "compile" else 0.0) for p in providers)

@@ -27,6 +27,7 @@ COLUMNS = [
     "config", "error", "copy_gbps", "matmul_tflops",
     # counted work (kernels.count(); model rows, see sweeps/modeled.py): executed and least FLOPs and bytes
     "flops_exec", "flops_useful", "bytes_exec", "bytes_min", "launches", "programs", "counted",
+    "bytes_dram",  # what of bytes_exec the model sends to HBM (L2 serves the rest; kernels/perf/model.py)
 ]
 # device is part of a row's identity: a modeled row and a GPU row of the same case are two measurements. rank and
 # world_size (which process of how many measured it) are not: a rerun with another world size resumes the rows.

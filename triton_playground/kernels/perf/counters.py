@@ -42,13 +42,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-__all__ = ["Launch", "Counter", "count"]
+__all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
 
 
 @dataclasses.dataclass
@@ -64,10 +65,32 @@ class Launch:
     dot_flops: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
     bytes_read: int = 0
     bytes_written: int = 0
+    num_warps: int | None = None  # a Triton launch's warps a program (what bounds how many programs share an SM)
+    # Traffic by tensor, for the L2 model (kernels/perf/model.py): the bytes asked of each of the launch's tensors
+    # ({(tensor index, "r" or "w"): bytes}) and each tensor's extent (bytes between its first and last element).
+    # A tensor asked for more bytes than its extent is re-read; what reaches HBM depends on whether L2 holds it.
+    requested: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
+    extents: list = dataclasses.field(default_factory=list)
+    # The most loads one line of the kernel issued in a program (its loop's trip count; 1 without a loop), over the
+    # programs run. A program whose loop has no tl.dot waits for each trip's loads before the next (Triton
+    # pipelines the loops that feed tl.dot), which bounds a persistent grid's speed; and the programs resident
+    # together walk their loops in step, so what L2 must hold at once is one trip's data of each
+    # (kernels/perf/model.py).
+    trips: float = 1.0
 
     @property
     def flops(self) -> int:
         return sum(self.dot_flops.values())
+
+    @property
+    def bytes_unique(self) -> int:
+        """Bytes counted once per element touched: every tensor's requested bytes, capped by its extent (what the
+        launch must move at least, however well L2 serves its re-reads). Aten launches count operands once."""
+        if not self.extents:
+            return self.bytes_read + self.bytes_written
+        attributed = sum(self.requested.values())
+        rest = self.bytes_read + self.bytes_written - attributed  # pointers into no tensor argument (rare)
+        return rest + sum(min(n, self.extents[i]) for (i, _), n in self.requested.items())
 
 
 @dataclasses.dataclass
@@ -75,6 +98,10 @@ class Counter:
     """The launches seen inside one ``count()`` block, and their totals."""
 
     records: list = dataclasses.field(default_factory=list)
+    # what the host does besides launching: (number of records before it, "op" or "sync"), in order. "op": an aten
+    # op that launches nothing (a view, an allocation); "sync": one that makes the host wait for the GPU
+    # (nonzero, .item(), ...). The model's timeline reads them (kernels/perf/model.py).
+    host: list = dataclasses.field(default_factory=list)
 
     @property
     def flops(self) -> int:
@@ -99,6 +126,10 @@ class Counter:
     @property
     def programs(self) -> int:
         return sum(r.programs for r in self.records)
+
+    @property
+    def bytes_unique(self) -> int:
+        return sum(r.bytes_unique for r in self.records)
 
     def by_kernel(self) -> dict[str, Counter]:
         """name -> a Counter of that kernel's launches only."""
@@ -171,6 +202,7 @@ def _run_grid(executor, args_dev, kwargs, sample, seconds):
     try:
         args = inspect.getcallargs(executor.fn, *args_hst, **kwargs_hst)
         args = {name: arg if name in executor.constexprs else interp._implicit_cvt(arg) for name, arg in args.items()}
+        _track(_launch[0], _regions(list(args_hst) + list(kwargs_hst.values())))
         grid = executor.grid(args) if callable(executor.grid) else executor.grid
         grid = tuple(grid) + (1,) * (3 - len(grid))
         interp.interpreter_builder.set_grid_dim(*grid)
@@ -200,6 +232,63 @@ def _scale(launch: Launch) -> None:
             launch.dot_flops[kind] = round(launch.dot_flops[kind] * factor)
         launch.bytes_read = round(launch.bytes_read * factor)
         launch.bytes_written = round(launch.bytes_written * factor)
+        for key in launch.requested:
+            launch.requested[key] = round(launch.requested[key] * factor)
+
+
+def _regions(values) -> list[tuple[int, int]]:
+    """(first byte, one past the last) of each tensor among a launch's arguments, in argument order; a tensor
+    descriptor stands for its base tensor."""
+    out = []
+    for value in values:
+        if isinstance(value, tuple):
+            out += _regions(value)
+            continue
+        if type(value).__name__ == "TensorDescriptor":
+            value = value.base
+        if isinstance(value, torch.Tensor) and value.numel():
+            span = 1 + sum((n - 1) * stride for n, stride in zip(value.shape, value.stride()))
+            out.append((value.data_ptr(), value.data_ptr() + span * value.element_size()))
+    return out
+
+
+def _track(launch: Launch, regions: list[tuple[int, int]]) -> None:
+    """Prepare ``launch`` to attribute its loads and stores to the tensors of ``regions``."""
+    launch.extents = [end - start for start, end in regions]
+    order = np.argsort([start for start, _ in regions], kind="stable")
+    launch._order = order
+    launch._starts = np.array([regions[i][0] for i in order], dtype=np.int64)
+    launch._ends = np.array([regions[i][1] for i in order], dtype=np.int64)
+
+
+def _attribute(launch: Launch, ptrs, mask, element_bytes: int, kind: str) -> None:
+    """Add the bytes of the elements a mask lets through to the tensors their addresses fall in."""
+    starts = getattr(launch, "_starts", None)
+    if starts is None or not len(starts):
+        return
+    addresses = np.asarray(ptrs.data)
+    keep = np.asarray(mask if isinstance(mask, np.ndarray) else mask.data, dtype=bool)
+    addresses = np.broadcast_to(addresses, np.broadcast_shapes(addresses.shape, keep.shape))
+    addresses = addresses[np.broadcast_to(keep, addresses.shape)].astype(np.int64, copy=False)
+    if not addresses.size:
+        return
+    where = np.searchsorted(starts, addresses, side="right") - 1
+    inside = (where >= 0) & (addresses < launch._ends[np.maximum(where, 0)])
+    for position, n in enumerate(np.bincount(where[inside], minlength=len(starts))):
+        if n:
+            launch.requested[(int(launch._order[position]), kind)] += int(n) * element_bytes
+
+
+def _count_site(launch: Launch) -> None:
+    """One more load issued by the kernel's line that is running (a helper's loads count at the helper's call)."""
+    source = getattr(launch, "_source", None)
+    if source is None:
+        return
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename != source:
+        frame = frame.f_back
+    if frame is not None:
+        launch._sites[frame.f_lineno] += 1
 
 
 def _true(mask) -> int:
@@ -221,11 +310,14 @@ def _install():
     def create_masked_load(self, ptrs, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
             launch.bytes_read += _true(mask) * _element_bytes(ptrs.get_element_ty())
+            _attribute(launch, ptrs, mask, _element_bytes(ptrs.get_element_ty()), "r")
+            _count_site(launch)
         return load(self, ptrs, mask, *args, **kwargs)
 
     def create_masked_store(self, ptrs, value, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
             launch.bytes_written += _true(mask) * _element_bytes(ptrs.get_element_ty())
+            _attribute(launch, ptrs, mask, _element_bytes(ptrs.get_element_ty()), "w")
         return store(self, ptrs, value, mask, *args, **kwargs)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
@@ -250,6 +342,8 @@ def _install():
             nbytes = _true(mask) * _element_bytes(ptr.get_element_ty())
             launch.bytes_read += nbytes
             launch.bytes_written += nbytes
+            _attribute(launch, ptr, mask, _element_bytes(ptr.get_element_ty()), "r")
+            _attribute(launch, ptr, mask, _element_bytes(ptr.get_element_ty()), "w")
         return rmw(self, op, ptr, val, mask, *args)
 
     def create_atomic_cas(self, ptr, cmp, val, *args):
@@ -257,6 +351,9 @@ def _install():
             nbytes = ptr.data.size * _element_bytes(ptr.get_element_ty())
             launch.bytes_read += nbytes
             launch.bytes_written += nbytes
+            everything = np.ones(np.shape(ptr.data), dtype=bool)
+            _attribute(launch, ptr, everything, _element_bytes(ptr.get_element_ty()), "r")
+            _attribute(launch, ptr, everything, _element_bytes(ptr.get_element_ty()), "w")
         return cas(self, ptr, cmp, val, *args)
 
     def grid_call(self, *args, **kwargs):
@@ -266,13 +363,18 @@ def _install():
         exact = any(name in s.exact for s in _sessions)
         samples = [s.sample for s in _sessions if s.sample is not None]
         budgets = [s.seconds for s in _sessions if s.seconds is not None]
-        launch = Launch(kernel=name)
+        launch = Launch(kernel=name, num_warps=kwargs.get("num_warps", 4))
+        launch._source, launch._sites = self.fn.__code__.co_filename, defaultdict(int)
         _launch[0] = launch
         try:
             _run_grid(self, args, kwargs, None if exact or not samples else min(samples),
                       min(budgets) if budgets else None)
         finally:
             _launch[0] = None
+        if launch._sites:
+            launch.trips = max(launch._sites.values()) / max(1, launch.programs_run)
+        for helper in ("_source", "_sites", "_order", "_starts", "_ends"):  # the attribution's: done with
+            launch.__dict__.pop(helper, None)
         _scale(launch)
         for session in _sessions:
             session.counter.records.append(launch)
@@ -300,6 +402,10 @@ _NO_KERNEL = {  # aten ops that only describe or allocate tensors: no kernel run
     "detach", "alias", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
     "_unsafe_view", "set_", "resize_", "_reshape_alias", "t", "lift_fresh_copy",
 }
+# aten ops after which a GPU's host holds until the device has caught up: their output's size, or a value, is
+# read back (torch.where(mask), .item(), .nonzero(), ...)
+_SYNCS = {"nonzero", "_local_scalar_dense", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+          "argwhere", "nonzero_static"}
 _DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
@@ -341,7 +447,9 @@ def _aten_launch(func, args, kwargs, out) -> Launch | None:
     return launch
 
 
-def _dispatch_mode():
+def _dispatch_mode(counter: Counter):
+    """The aten counter of one ``count()`` block: it records into that block's counter only (a nested block's
+    mode sees each op too, as the op passes down the stack of modes, and records it into its own)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     _register_cpu_sdpa_flops()
@@ -357,15 +465,29 @@ def _dispatch_mode():
                     return implementation(*args, **kwargs)
             out = func(*args, **kwargs)
             # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
-            if _launch[0] is None and (launch := _aten_launch(func, args, kwargs, out)) is not None:
-                for session in _sessions:
-                    session.counter.records.append(launch)
+            if _launch[0] is None:
+                launch = _aten_launch(func, args, kwargs, out)
+                if launch is not None:
+                    counter.records.append(launch)
+                else:
+                    counter.host.append((len(counter.records), "op"))
+                if func._schema.name.split("::")[-1] in _SYNCS:
+                    counter.host.append((len(counter.records), "sync"))
             return out
 
     return _CountAten()
 
 
 # ------------------------------------------------------------------------------------------------ the block
+
+
+def replay(counter: Counter) -> None:
+    """Add what ``counter`` saw to every open ``count()`` block, as if it had run again there: for a call whose
+    launches and host events are known to repeat exactly (the same routing of the same tokens)."""
+    for session in _sessions:
+        base = len(session.counter.records)
+        session.counter.host += [(base + position, kind) for position, kind in counter.host]
+        session.counter.records += counter.records
 
 
 @contextlib.contextmanager
@@ -398,7 +520,7 @@ def count(*, sample: int | None = None, seconds: float | None = None, exact=(), 
     session = _Session(Counter(), sample, seconds, frozenset(exact))
     _sessions.append(session)
     try:
-        with _dispatch_mode():
+        with _dispatch_mode(session.counter):
             yield session.counter
     finally:
         _sessions.remove(session)

@@ -31,7 +31,7 @@ import sys
 import torch
 
 from .. import _runtime as rt
-from ..perf import h100
+from ..perf.model import H100
 from . import sass
 from .shapes import as_on_gpu, build_case, panel_labels, panel_of, sweep_cases
 
@@ -158,7 +158,7 @@ def plan(spec, dtype_name: str, log=print) -> Plan:
     cases = sweep_cases(spec)
     seen = collections.defaultdict(dict)
     full = {}
-    with as_on_gpu(), rt.modeled_sms(h100.SMS):
+    with as_on_gpu(), rt.modeled_sms(H100.sms):
         for dims in cases:
             panel = panel_of(dims)
             with recording(kernels, compile=False) as launches:
@@ -201,7 +201,7 @@ def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False, everyt
         once.add(name)
         return True
 
-    with as_on_gpu(), rt.modeled_sms(h100.SMS):
+    with as_on_gpu(), rt.modeled_sms(H100.sms):
         for panel, chosen in p.full.items():
             for dims in chosen:
                 with _forced(kernels, index), recording(kernels, compile=lambda l: wanted(panel, l)) as launches:

@@ -24,7 +24,7 @@ import dataclasses
 import torch
 
 from .. import _runtime as rt
-from ..perf import h100
+from ..perf.model import H100
 from . import sass
 from .collect import DTYPES, _variant
 from .shapes import as_on_gpu, build_case, panel_labels, panel_of, sweep_cases
@@ -137,7 +137,7 @@ def peer_rows(spec, peer: str, factory, dtype_name: str, *, from_driver: bool = 
     labels = panel_labels(cases)
     shortest = list({panel_of(d): d for d in reversed(cases)}.values())[::-1]
     rows, seen = [], set()
-    with as_on_gpu(), rt.modeled_sms(h100.SMS):
+    with as_on_gpu(), rt.modeled_sms(H100.sms):
         for dims in shortest:
             panel = panel_of(dims)
             with compiling_launches() as launches:
