@@ -130,7 +130,7 @@ def stamp(command: str) -> str:
             f"(no GPU: counted under the Triton interpreter), torch {torch.__version__}, triton {triton.__version__}.")
 
 
-def markdown(t: pd.DataFrame, s: pd.DataFrame, command: str, png: Path) -> str:
+def markdown(t: pd.DataFrame, s: pd.DataFrame, stamped: str, png: Path) -> str:
     from . import run
 
     held = s[s["half"] == "held-out"]
@@ -144,7 +144,7 @@ def markdown(t: pd.DataFrame, s: pd.DataFrame, command: str, png: Path) -> str:
     fit = s[(s["op"] == "all") & (s["half"] == "fit")].iloc[0]
     excluded = t[t["excluded"].astype(bool)]
     lines = [
-        "# The H100 model against published H100 measurements", "", stamp(command), "",
+        "# The H100 model against published H100 measurements", "", stamped, "",
         f"Measurements: {len(t)} rows of {run.SOURCE} (`triton_playground/validation/data/README.md`: source, "
         f"commits, licence), on {', '.join(sorted(t['device'].unique()))}. Each row's program is counted under the "
         "interpreter and modeled (`triton_playground/kernels/perf/model.py`); the model's constants are fitted on "
@@ -169,6 +169,8 @@ def main(argv=None) -> int:
     from . import fit as fitting
     from . import run
 
+    # before anything is written: the tree as the command found it
+    stamped = stamp(" ".join(["triton-playground validate", *(sys.argv[1:] if argv is None else argv)]))
     path = args.counts or run.COUNTS
     df = run.rows()
     counts = {} if args.recount else run.load_counts(path)
@@ -200,8 +202,7 @@ def main(argv=None) -> int:
         for why, g in excluded.groupby("excluded"):
             print(f"  {len(g)} {g['op'].iloc[0]} {g['provider'].iloc[0]}: {why}")
     md = args.out.with_suffix(".md")
-    command = " ".join(["triton-playground validate", *(sys.argv[1:] if argv is None else argv)])
-    md.write_text(markdown(t, s, command, png))
+    md.write_text(markdown(t, s, stamped, png))
     held = s[(s["op"] == "all") & (s["half"] == "held-out")].iloc[0]
     print(f"\nheld-out: rows >= 20 us: geomean error x{held['geomean_error_ge_20us']:.3f}, worst "
           f"x{held['worst_error_ge_20us']:.3f}; host-bound rows worst x{held['worst_error_host_bound']:.3f}; "
