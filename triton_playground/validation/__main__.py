@@ -48,12 +48,9 @@ def _count(df, counts, path, workers):
 
     from . import run
 
-    todo = [r for _, r in df.iterrows() if not r["excluded"] and run.row_key(r) not in counts]
-    groups: dict = {}
-    for row in todo:
-        groups.setdefault(run.program_key(row), []).append(row)
-    heavy = [rows for rows in groups.values() if run.is_heavy(rows[0])]
-    light = [rows for rows in groups.values() if not run.is_heavy(rows[0])]
+    groups = run.pending_programs(df, counts)
+    heavy = [rows for rows in groups if run.is_heavy(rows[0])]
+    light = [rows for rows in groups if not run.is_heavy(rows[0])]
     if not heavy and not light:
         return counts
     context = multiprocessing.get_context("fork")
@@ -174,7 +171,7 @@ def main(argv=None) -> int:
     path = args.counts or run.COUNTS
     df = run.rows()
     counts = {} if args.recount else run.load_counts(path)
-    missing = sum(1 for _, r in df.iterrows() if not r["excluded"] and run.row_key(r) not in counts)
+    missing = sum(len(rows) for rows in run.pending_programs(df, counts))
     if missing:
         print(f"counting {missing} rows' programs ({'--recount' if args.recount else 'not in ' + str(path)})",
               file=sys.stderr)

@@ -130,18 +130,13 @@ def save_counts(counts: dict, path: Path = COUNTS) -> None:
         pickle.dump(counts, f, protocol=4)
 
 
-def count_all(df: pd.DataFrame, counts: dict, *, progress=None, save=None) -> dict:
-    """Count every row of ``df`` not in ``counts`` (in place), a program at a time; ``save(counts)`` after each,
-    so an interrupted run keeps what it counted."""
-    todo = [r for _, r in df.iterrows() if not r["excluded"] and row_key(r) not in counts]
+def pending_programs(df: pd.DataFrame, counts: dict) -> list[list]:
+    """The rows of ``df`` that can run and are not in ``counts``, grouped by program (one build serves each)."""
     groups: dict = {}
-    for row in todo:
-        groups.setdefault(program_key(row), []).append(row)
-    for rows_of_program in (progress(list(groups.values())) if progress else groups.values()):
-        counts.update(count(rows_of_program))
-        if save:
-            save(counts)
-    return counts
+    for _, row in df.iterrows():
+        if not row["excluded"] and row_key(row) not in counts:
+            groups.setdefault(program_key(row), []).append(row)
+    return list(groups.values())
 
 
 # ------------------------------------------------------------------------------------------------ modeling
