@@ -131,7 +131,7 @@ def test_a_launch_is_modeled_at_its_slowest_roof_plus_its_fixed_cost():
     # one program an SM looping over rows without a tl.dot: its own pace, not HBM's, bounds it
     persistent = kernels.perf.Launch("p", programs=132, bytes_read=int(132 * 1e6), num_warps=16)
     persistent.trips = 30
-    pace = 1e6 / c.program_bytes_per_s + 30 * c.trip_s
+    pace = 1e6 / (16 * c.warp_bytes_per_s) + 30 * c.trip_s
     assert model.device_seconds(persistent) == pytest.approx(max(pace, 132e6 / h100.hbm_bytes_per_s)
                                                              + c.kernel_fixed_s)
 
@@ -326,3 +326,23 @@ def test_sdpa_is_counted_with_the_flops_of_the_gpu_kernel():
             out.sum().backward()
     assert fwd.flops == 2 * 2 * (2 * n * n * d)  # q.k and p.v, per head, full square
     assert bwd.flops == 2.5 * fwd.flops
+
+
+def test_aten_ops_read_what_they_read_and_layer_norm_backward_is_two_kernels():
+    """copy_ overwrites its destination and zeros_like takes its input's shape: neither reads them. CUDA's
+    LayerNorm backward is a dX kernel and a dgamma/dbeta kernel, each reading dY and X."""
+    x = torch.randn(64, 32, requires_grad=True)
+    norm = torch.nn.LayerNorm(32)
+    y = norm(x)
+    dy = torch.randn_like(y)
+    with kernels.count() as c:
+        torch.autograd.grad(y, [x, norm.weight, norm.bias], dy)
+        dest = torch.empty(64, 32)
+        dest.copy_(x.detach())
+        torch.zeros_like(dest)
+        torch.add(x.detach(), 1, out=dest)
+    rows, stats = 64 * 32 * 4, 2 * 64 * 4  # bytes of dY or X; of mean and rstd
+    assert [(r.kernel, r.bytes_read, r.bytes_written) for r in c.records] == [
+        ("native_layer_norm_backward", 2 * rows + stats + 32 * 4, rows),
+        ("native_layer_norm_backward", 2 * rows + stats, 2 * 32 * 4),
+        ("copy_", rows, rows), ("zeros_like", 0, rows), ("add", rows, rows)]

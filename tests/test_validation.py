@@ -19,11 +19,9 @@ from triton_playground.validation import run
 pytest.importorskip("liger_kernel")
 pytestmark = pytest.mark.skipif(not rt.INTERPRET, reason="counts are taken under the interpreter")
 
-# The bounds on the held-out half: the issue's (geomean x1.25 over rows measured at >= 20 us, host-bound rows
-# within x2, providers ranked right on 90% of pairs), but the worst error, whose target of x2 the model does not
-# reach yet: torch's LayerNorm backward is measured x2.2-2.3 slower than an aten op that reads its operands once
-# at HBM's rate (its CUDA kernels' own pace, which the model does not see). WORST guards what it reaches today.
-GEOMEAN, WORST, HOST_BOUND, RANKING = 1.25, 2.3, 2.0, 0.90
+# The bounds on the held-out half, the issue's: geomean x1.25 and worst x2 over the rows measured at >= 20 us,
+# host-bound rows within x2, providers ranked right on 90% of pairs.
+GEOMEAN, WORST, HOST_BOUND, RANKING = 1.25, 2.0, 2.0, 0.90
 
 
 @pytest.fixture(scope="module")

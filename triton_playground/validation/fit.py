@@ -25,7 +25,7 @@ RANGES = {
     "host_op_s": (0.1e-6, 20e-6),
     "sync_s": (1e-6, 200e-6),
     "kernel_fixed_s": (0.5e-6, 10e-6),
-    "program_bytes_per_s": (1e9, 200e9),
+    "warp_bytes_per_s": (0.1e9, 50e9),
     "trip_s": (0.1e-6, 20e-6),
 }
 

@@ -19,7 +19,9 @@ count belongs to the launch in flight, so a counter reports per launch, per kern
 PyTorch code, in the same block, at the aten level with a ``TorchDispatchMode``: each aten op that would launch
 a kernel on a GPU (views and metadata ops excluded) is one launch whose FLOPs come from
 ``torch.utils.flop_counter``'s formulas and whose bytes are its tensor inputs read and outputs written (an aten
-op reads and writes every element of its operands: no fusion, no partial reads). So the eager reference and our
+op reads and writes every element of its operands: no fusion, no partial reads; what it only overwrites, as
+``copy_``'s destination, or only takes the shape of, as ``zeros_like``'s input, it does not read). An op that is
+several kernels on a GPU (``native_layer_norm_backward``: dX, then dgamma and dbeta) is that many launches. So the eager reference and our
 kernels — with the torch ops their wrappers run around the launches (a ``zeros`` for partial sums, a final
 ``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
 a reference can be counted at sizes too big to run here.
@@ -429,22 +431,66 @@ def _register_cpu_sdpa_flops():
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _aten_launch(func, args, kwargs, out) -> Launch | None:
-    if func.is_view or func._schema.name.split("::")[-1] in _NO_KERNEL or not _tensors(out):
-        return None  # a view, an allocation, or a query (.device, .size()): no kernel
+# aten ops that overwrite their ``self`` without reading it, and factories that read only their input's shape
+_OVERWRITES_SELF = {"copy_", "fill_", "zero_", "normal_", "uniform_", "random_", "bernoulli_", "exponential_"}
+_SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "randint_like", "new_zeros",
+               "new_ones", "new_full"}
+
+
+def _operands_read(func, args, kwargs) -> list[torch.Tensor]:
+    """The tensors an aten op reads: its tensor arguments, less those it only writes (``out=`` arguments, the
+    ``self`` of ``copy_`` and ``fill_``) or only takes the shape of (``zeros_like``)."""
+    name = func._schema.name.split("::")[-1]
+    if name in _SHAPE_ONLY:
+        return []
+    written_only = [kwargs[a.name] for a in func._schema.arguments
+                    if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write and a.name in kwargs]
+    if name in _OVERWRITES_SELF and args:
+        written_only.append(args[0])
+    skip = {id(t) for t in written_only}
+    return [t for t in _tensors((args, kwargs)) if id(t) not in skip]
+
+
+def _layer_norm_backward_kernels(args, out) -> list[tuple[list, list]]:
+    """CUDA's ``native_layer_norm_backward`` is two kernels (aten/src/ATen/native/cuda/layer_norm_kernel.cu):
+    dX row by row, from dY, X, mean, rstd and gamma; then dgamma and dbeta column by column, from dY, X, mean and
+    rstd again (``LaunchGammaBetaBackwardCUDAKernel``). So dY and X are read twice."""
+    grad_out, x, _, mean, rstd, weight = args[:6]
+    dx, dweight, dbias = out
+    stats = [t for t in (mean, rstd) if isinstance(t, torch.Tensor)]
+    kernels = []
+    if dx is not None:
+        kernels.append(([grad_out, x, *stats, *([weight] if weight is not None else [])], [dx]))
+    if dweight is not None or dbias is not None:
+        kernels.append(([grad_out, x, *stats], [t for t in (dweight, dbias) if t is not None]))
+    return kernels
+
+
+# aten ops whose CUDA implementation is more than one kernel: (args, out) -> [(tensors read, tensors written)]
+_CUDA_KERNELS = {"native_layer_norm_backward": _layer_norm_backward_kernels}
+
+
+def _aten_launches(func, args, kwargs, out) -> list[Launch]:
+    """The kernels an aten op launches on a GPU: none for a view, an allocation or a query (.device, .size());
+    most ops one, reading its operands and writing its outputs once; a few more (``_CUDA_KERNELS``)."""
+    name = func._schema.name.split("::")[-1]
+    if func.is_view or name in _NO_KERNEL or not _tensors(out):
+        return []
     from torch.utils.flop_counter import flop_registry
 
-    launch = Launch(kernel=str(func.overloadpacket.__name__), source="aten")
-    inputs = _tensors((args, kwargs))
+    kernel = str(func.overloadpacket.__name__)
+    passes = _CUDA_KERNELS.get(name)
+    traffic = passes(args, out) if passes else [(_operands_read(func, args, kwargs), _tensors(out))]
+    launches = [Launch(kernel=kernel, source="aten", bytes_read=_bytes(read), bytes_written=_bytes(written))
+                for read, written in traffic]
     formula = flop_registry.get(func.overloadpacket)
     if formula is not None:
+        inputs = _tensors((args, kwargs))
         dtype = inputs[0].dtype if inputs else torch.float32
         # torch's fp32 matmuls on a GPU run in full fp32 unless TF32 is allowed
         kind = _DTYPE_CLASS.get(dtype) or ("fp32-tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32-ieee")
-        launch.dot_flops[kind] += int(formula(*args, **kwargs, out_val=out))
-    launch.bytes_read = _bytes(inputs)
-    launch.bytes_written = _bytes(_tensors(out))
-    return launch
+        launches[0].dot_flops[kind] += int(formula(*args, **kwargs, out_val=out))
+    return launches
 
 
 def _dispatch_mode(counter: Counter):
@@ -466,9 +512,9 @@ def _dispatch_mode(counter: Counter):
             out = func(*args, **kwargs)
             # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
             if _launch[0] is None:
-                launch = _aten_launch(func, args, kwargs, out)
-                if launch is not None:
-                    counter.records.append(launch)
+                launches = _aten_launches(func, args, kwargs, out)
+                if launches:
+                    counter.records += launches
                 else:
                     counter.host.append((len(counter.records), "op"))
                 if func._schema.name.split("::")[-1] in _SYNCS:

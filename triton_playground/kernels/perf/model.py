@@ -17,11 +17,12 @@ error reported. Every term is a mechanism, the same for every kernel; no constan
   step) touches more than the 50 MB L2 holds (``1 - L2 / footprint``, at least 0). Aten ops read and write their
   operands once.
 * **The programs' own pace** (``program_seconds``): a grid runs in waves of resident programs (an SM holds at most
-  ``64 / num_warps`` of them: Hopper's 64 warps, 32 blocks), and a program streams at most
-  ``program_bytes_per_s`` (the loads it keeps in flight over their latency) and waits ``trip_s`` on each trip of a
-  loop whose loads are not pipelined (no ``tl.dot`` in it: Triton pipelines the loops that feed one). So a
-  persistent grid of one big program per SM (Liger's norm backwards, a loop over rows) stays well under HBM's
-  rate. Aten kernels are taken to fill the GPU at HBM's rate.
+  ``64 / num_warps`` of them: Hopper's 64 warps, 32 blocks), and a program streams at most ``num_warps ×
+  warp_bytes_per_s`` (Little's law: each warp keeps its own loads in flight over their latency, so a program of
+  16 warps has four times the bytes in flight of one of 4) and waits ``trip_s`` on each trip of a loop whose
+  loads are not pipelined (no ``tl.dot`` in it: Triton pipelines the loops that feed one). So a persistent grid
+  of one program per SM (Liger's norm backwards, a loop over rows) stays well under HBM's rate, the more so the
+  fewer its warps. Aten kernels are taken to fill the GPU at HBM's rate.
 * ``KERNEL_FIXED_S``: a kernel's start and drain on the device, however small it is.
 
 **Host time** (``host`` events of the counter): each Triton launch costs the host ``HOST_TRITON_S`` (Triton's
@@ -114,7 +115,7 @@ class Constants:
     host_op_s: float = 2e-6  # host time of an aten op that launches nothing (a view, an allocation)
     sync_s: float = 10e-6  # the host's round trip after the device caught up (a read-back)
     kernel_fixed_s: float = 2.5e-6  # a kernel's start and drain on the device
-    program_bytes_per_s: float = 12e9  # what one resident program can stream (its loads in flight / latency)
+    warp_bytes_per_s: float = 1.5e9  # what one warp of a program streams (its loads in flight / their latency)
     trip_s: float = 2e-6  # one trip of a loop that waits for its loads (a load's latency, a block reduction)
 
     def replace(self, **changes) -> Constants:
@@ -160,12 +161,13 @@ def dram_bytes(launch, device: Device) -> float:
 
 def program_seconds(launch, device: Device, c: Constants = CONSTANTS) -> float:
     """How long the grid's programs take when each runs at its own pace: waves of resident programs, each program
-    streaming its bytes at most at ``program_bytes_per_s`` and, where its loop waits for its loads (no tl.dot to
-    pipeline them: a persistent norm's row loop), one ``trip_s`` a trip."""
+    streaming its bytes at most at ``num_warps × warp_bytes_per_s`` and, where its loop waits for its loads (no
+    tl.dot to pipeline them: a persistent norm's row loop), one ``trip_s`` a trip."""
     if launch.source != "triton" or launch.programs == 0:
         return 0.0
     waves = math.ceil(launch.programs / resident_programs(launch, device))
-    per_program = (launch.bytes_read + launch.bytes_written) / launch.programs / c.program_bytes_per_s
+    streaming = (launch.num_warps or 4) * c.warp_bytes_per_s
+    per_program = (launch.bytes_read + launch.bytes_written) / launch.programs / streaming
     waits = 0.0 if launch.dot_flops else getattr(launch, "trips", 1.0) * c.trip_s
     return waves * (per_program + waits)
 
