@@ -31,7 +31,7 @@ if [ "$stage" = all ] || [ "$stage" = report ]; then
 fi
 if [ "$stage" = all ] || [ "$stage" = sweep ]; then
   [ -f triton_playground/sweeps/results/partial.csv ] && cp triton_playground/sweeps/results/partial.csv "$OUT/sweep.csv"
-  python3 -m triton_playground sweep $ops --out "$OUT/sweep.csv" 2>&1 | tee "$OUT/sweep.log"
+  python3 -m triton_playground sweep $ops --full --out "$OUT/sweep.csv" 2>&1 | tee "$OUT/sweep.log"
   mkdir -p "$OUT/plots" && python3 -m triton_playground plot "$OUT/sweep.csv" --out "$OUT/plots/"  # one PNG per op: a folder of their own
 fi
 ls -la "$OUT"

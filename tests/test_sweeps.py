@@ -213,8 +213,9 @@ def test_cli_without_a_gpu_writes_modeled_rows_at_real_sizes(tmp_path):
     df = pd.read_csv(out, dtype={"params": str})
     assert df["error"].isna().all(), df["error"].dropna().tolist()
     assert set(df["device"]) == {"model:H100"} and set(df["dtype"]) == {"bf16"}
-    gpu_cases = [d for d in OPS["layer_norm"].sweep_cases(True) if d["seqlen"] <= 1024]
-    assert sorted(set(df.loc[df["op"] == "layer_norm", "seqlen"])) == sorted({d["seqlen"] for d in gpu_cases})
+    quick = plan.sweep_cases(OPS["layer_norm"], gpu=True, max_seqlen=1024, full=False)  # the default plan's
+    assert sorted(set(df.loc[df["op"] == "layer_norm", "seqlen"])) == sorted({d["seqlen"] for d in quick}) == [1024]
+    assert set(df.loc[df["op"] == "layer_norm", "params"]) == {plan.params_of(d) for d in quick}
     for column in ("ms", "flops_useful", "bytes_exec", "bytes_min", "launches", "programs"):
         assert df[column].notna().all() and (df[column] >= 0).all(), column
     assert (df["bytes_exec"] >= df["bytes_min"]).all()  # no provider moves less than the least possible

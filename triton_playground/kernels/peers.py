@@ -42,6 +42,7 @@ import contextlib
 import functools
 import importlib
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +55,32 @@ PINNED = {"liger-kernel": "0.8.5", "fla-core": "0.6.0"}
 if rt.INTERPRET or rt.COMPILE_ONLY:
     os.environ.setdefault("LIGER_FUSED_MOE_AUTOTUNE", "0")
 
-# Liger's routing kernels: later launches read their outputs, so the counters must run them whole (OpSpec.count_exact).
-LIGER_MOE_EXACT = ("_moe_router_histogram_kernel", "_moe_router_prefix_sum_kernel", "_moe_router_scatter_kernel")
+# Liger's routing kernels: later launches read their outputs, so the counters run them whole (OpSpec.count_exact),
+# or, the scatter (too slow to run whole under the interpreter), sampled and its outputs written (count_outputs).
+LIGER_MOE_EXACT = ("_moe_router_histogram_kernel", "_moe_router_prefix_sum_kernel")
+
+
+def _liger_scatter_outputs(s_scatter_idx_ptr, s_reverse_scatter_idx_ptr, x_gather_idx_ptr, tile_row_start_ptr,
+                           tile_expert_ptr, topk_indices_ptr, expert_offs_ptr, K, BLOCK_M_TOKEN, **_):
+    """What Liger's ``_moe_router_scatter_kernel`` writes over its whole grid, for the counters (its programs
+    each sort one tile of 1024 (token, k) pairs: equal work, so a sample counts it; the interpreter takes ~15 s a
+    program over its bitonic network): the pairs stably sorted by expert (the kernel orders each expert's pairs by
+    their flat index), the inverse permutation, each pair's token, and each expert's tiles of BLOCK_M_TOKEN rows."""
+    flat = topk_indices_ptr.reshape(-1).long()
+    order = torch.sort(flat, stable=True).indices
+    s_scatter_idx_ptr.copy_(order.to(torch.int32))
+    s_reverse_scatter_idx_ptr[order] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+    x_gather_idx_ptr.copy_((order // K).to(torch.int32))
+    per_expert = torch.bincount(flat, minlength=expert_offs_ptr.numel())
+    tiles = (per_expert + BLOCK_M_TOKEN - 1) // BLOCK_M_TOKEN
+    expert = torch.repeat_interleave(torch.arange(tiles.numel(), device=flat.device), tiles)
+    first = torch.repeat_interleave(torch.cumsum(tiles, 0) - tiles, tiles)
+    row = torch.arange(expert.numel(), device=flat.device) - first
+    tile_row_start_ptr.copy_((expert_offs_ptr.long()[expert] + row * BLOCK_M_TOKEN).to(torch.int32))
+    tile_expert_ptr.copy_(expert.to(torch.int32))
+
+
+LIGER_MOE_OUTPUTS = {"_moe_router_scatter_kernel": _liger_scatter_outputs}
 
 DESCRIPTIONS = {
     "layer_norm": {"liger": "Liger LigerLayerNormFunction: same op"},
@@ -71,7 +96,11 @@ DESCRIPTIONS = {
 def _module(name: str):
     """The module, or None when its package is not installed (the peer is then unavailable)."""
     try:
-        return importlib.import_module(name)
+        with warnings.catch_warnings():
+            # FLA warns, on import, that it finds no GPU and "rolls back to CPU": under the interpreter that is
+            # where every kernel runs, ours too; on a GPU it finds one and says nothing
+            warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+            return importlib.import_module(name)
     except ImportError:
         return None
 

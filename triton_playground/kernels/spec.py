@@ -82,6 +82,9 @@ class OpSpec:
     # modes the op supports; "bwd" needs autograd through fn.
     modes: tuple = ("fwd", "bwd", "fwd+bwd")
     sweep_dtypes: tuple = (torch.bfloat16,)
+    # the panels of sweep_cases(True) the default (quick) sweep plan keeps: each a dict of dims it must match
+    # (e.g. {"head_dim": 128}); empty: the first panel. The plan's rule keeps a few sequence lengths of each.
+    quick_panels: tuple = ()
     # whether torch.compile of the reference is a sweep provider.
     compile_reference: bool = True
     # dims always tested besides hypothesis' draws: the paths a small random draw may miss (a looped wide row...).
@@ -89,5 +92,12 @@ class OpSpec:
     # names of kernels the counters must run whole even when sampling (their outputs steer later launches: the MoE
     # router and dispatch); see kernels/perf/counters.py.
     count_exact: tuple = ()
+    # {kernel name: writer(**its launch's arguments)}: kernels whose outputs steer later launches but that are too
+    # slow to run whole under the interpreter; counted on a sample, then the writer puts what the whole grid
+    # writes (kernels/perf/counters.py)
+    count_outputs: dict = dataclasses.field(default_factory=dict)
+    # whether a provider's work depends on values its matrix products compute (the MoE's router logits decide its
+    # experts' GEMMs). When not, counting on real tensors leaves big matrix products uncomputed (sweeps/modeled.py).
+    values_steer_work: bool = False
     # optional: check_outputs(ours, ref64, case) for outputs a relative norm cannot judge (e.g. integer ids).
     check_outputs: Callable | None = None

@@ -58,6 +58,9 @@ def main(argv=None):
     parser.add_argument("--max-seqlen", type=int, help="skip cases with a longer sequence; with "
                                                        "--interpreter-timings, also extend the tiny case lists up "
                                                        "to it (see below)")
+    parser.add_argument("--full", action="store_true",
+                        help="every case of each op's list (hours without a GPU); default: the quick plan, a few "
+                             "sequence lengths of each op's main shapes up to the real sizes (minutes)")
     parser.add_argument("--interpreter-timings", action="store_true",
                         help="without a GPU: time the interpreter at tiny sizes (device=interpreter; not kernel "
                              "performance) instead of counting and modeling an H100 at the real sizes")
@@ -112,7 +115,7 @@ def main(argv=None):
     out = args.out or default_out("all" if args.ops == ["all"] else "-".join(names), measurer.device)
     try:
         run(chosen, out, dtypes=dtypes, modes=modes, wanted_providers=wanted, max_seqlen=args.max_seqlen,
-            measurer=measurer, ranks=ranks)
+            measurer=measurer, ranks=ranks, full=args.full)
     except NothingToRun as e:
         parser.exit(2, f"{parser.prog}: error: {e}; nothing written\n")
     finally:

@@ -28,8 +28,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import warnings
 
+import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 from triton_playground import kernels
 from triton_playground.kernels import _runtime as rt
@@ -94,7 +98,8 @@ class Modeled:
             raise phases
         if phases is None or (mode != "fwd" and "bwd" not in phases):
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
-                                  self.seconds)  # a fallback: prepare() counted what it was given
+                                  self.seconds, outputs=spec.count_outputs if spec else None,
+                                  values_steer_work=spec.values_steer_work if spec else True)  # a fallback: prepare() counted what it was given
             self._phases[(key, provider)] = phases
         timed = [phases[phase] for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))]
         counter = Counter([r for phase in timed for r in phase.records])
@@ -108,60 +113,108 @@ class Modeled:
         }
 
 
-def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, flops=None) -> dict:
+def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, flops=None, dtype=None,
+                 outputs=None, values_steer_work: bool = True) -> dict:
     """{"fwd": Counter, "bwd": Counter (when ``backward``)} of ``fn`` on ``case``, with the H100's grids.
 
     Fake tensors first: counting needs shapes only, so whatever runs on them (PyTorch code: eager, SDPA) is
-    counted without computing anything. Triton kernels read real memory, so they fail there at once and run on
-    the real inputs. So does PyTorch code with data-dependent shapes (the MoE reference's per-expert loop), but
-    only while its ``flops`` (the op's least, when known) stay within what the CPU computes in a moment."""
+    counted without computing anything. Where its shapes depend on values (the MoE reference's loop over the
+    experts hit, packed attention's lengths), the chain of ops that leads to those values is computed for real
+    (``kernels/perf/shadow.py``): the routing, not the experts' GEMMs. Triton kernels read real memory, so they fail
+    on fake tensors at once and run on the real inputs. PyTorch code whose values cannot be had that way (an
+    in-place write on the chain) runs on the real inputs too, but only while its ``flops`` (the op's least, when
+    known) stay within what the CPU computes in a moment. ``dtype``: the dtype counted, where the case's
+    floating inputs are a stand-in (fp16 for bf16): the fake tensors take it back, as PyTorch code may accept only
+    it (``torch._grouped_mm`` takes bf16 alone), and never compute. Unless ``values_steer_work``, the matrix
+    products PyTorch code runs on real tensors beside Triton kernels (Liger's MLP: torch's linears around its
+    activation kernel) are counted and not computed (:class:`_Uncomputed`): minutes of CPU GEMMs whose values
+    decide nothing."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    from triton_playground.kernels.perf.shadow import NotReplayable, RealOnDemand
 
     quiet = logging.getLogger("torch._subclasses.fake_tensor")  # it logs every op fake tensors cannot run
     level, quiet.level = quiet.level, logging.CRITICAL
     try:
-        fake = _fake(case)
+        fake = _fake(case, dtype)
         # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
-        with fake.fake_mode:
-            return _count_phases(fn, fake, backward, sample, exact, seconds)
-    except (DataDependentOutputException, DynamicOutputShapeException):
+        with fake.fake_mode, RealOnDemand(fake.fake_mode, fake.reals):
+            return _count_phases(fn, fake, backward, sample, exact, seconds, outputs)
+    except (DataDependentOutputException, DynamicOutputShapeException, NotReplayable):
         if flops is not None and flops > MAX_REAL_FLOPS:
-            raise RuntimeError(f"not counted at this size: its shapes depend on the data, so it cannot run on fake "
-                               f"tensors, and its {flops / 1e9:.0f} GFLOP are too many to compute on the CPU "
-                               f"(the limit is {MAX_REAL_FLOPS / 1e9:.0f})") from None
+            raise RuntimeError(f"not counted at this size: its shapes depend on the data in a way that cannot be "
+                               f"computed apart (kernels/perf/shadow.py), and its {flops / 1e9:.0f} GFLOP are too "
+                               f"many to compute on the CPU (the limit is {MAX_REAL_FLOPS / 1e9:.0f})") from None
     except Exception:  # noqa: BLE001  (Triton kernels: they need real memory)
         pass
     finally:
         quiet.level = level
-    return _count_phases(fn, case, backward, sample, exact, seconds)
+    with contextlib.nullcontext() if values_steer_work else _Uncomputed():
+        return _count_phases(fn, case, backward, sample, exact, seconds, outputs)
 
 
-def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds) -> dict:
-    with rt.modeled_sms(gpu.H100.sms):
-        with kernels.count(sample=sample, seconds=seconds, exact=exact) as fwd:
+def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds, outputs=None) -> dict:
+    with warnings.catch_warnings(), np.errstate(all="ignore"), rt.modeled_sms(gpu.H100.sms):
+        # A sampled launch leaves the outputs of the programs it skipped unwritten (torch.empty), and later kernels
+        # compute on them: numpy's overflow / invalid-value warnings from the interpreter say nothing of a count,
+        # whose values are never results. And a Triton kernel tried on fake tensors (to learn that it needs real
+        # memory) reads a fake tensor's data pointer, which torch warns of, before it fails and runs on real ones.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs) as fwd:
             outs = fn(*case.args, **case.kwargs)
         phases = {"fwd": fwd}
         if backward:
             outs = [o for o in (outs if isinstance(outs, (tuple, list)) else (outs,))
                     if isinstance(o, torch.Tensor) and o.requires_grad]
             cotangents = [torch.ones_like(o) for o in outs]  # made outside the count: not the backward's work
-            with kernels.count(sample=sample, seconds=seconds, exact=exact) as bwd:
+            with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs) as bwd:
                 torch.autograd.grad(outs, case.grad_inputs(), cotangents)
             phases["bwd"] = bwd
     return phases
 
 
-def _fake(case: Case) -> Case:
+class _Uncomputed(TorchDispatchMode):
+    """Beneath the counters: a big matrix product on real tensors answers an uninitialised tensor of its output's
+    shape rather than computing it (the counters above it have seen its operands and output). For code whose
+    work its products' values do not steer (``OpSpec.values_steer_work``)."""
+
+    PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "_grouped_mm"}
+    LEAST_FLOPS = 1e8  # smaller products are computed: they take no time
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func._schema.name.split("::")[-1] in self.PRODUCTS:
+            meta_args, meta_kwargs = tree_map(lambda a: a.to("meta") if isinstance(a, torch.Tensor) else a,
+                                              (args, kwargs))
+            out = func(*meta_args, **meta_kwargs)
+            operands = [a for a in args if isinstance(a, torch.Tensor)]
+            inner = operands[-2].shape[-1] if len(operands) >= 2 else 1  # (…, m, k) @ (…, k, n)
+            if 2 * out.numel() * inner >= self.LEAST_FLOPS:
+                return torch.empty(out.shape, dtype=out.dtype, device=operands[0].device)
+        return func(*args, **kwargs)
+
+
+def _fake(case: Case, dtype=None) -> Case:
     """The case on fake tensors (same shapes, strides, dtypes and requires_grad; no memory)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
 
+    reals = {}
+
     def convert(a):
-        return mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+        if not isinstance(a, torch.Tensor):
+            return a
+        fake = mode.from_tensor(a)
+        if dtype is not None and a.is_floating_point() and a.dtype != dtype:
+            with mode:  # the stand-in's dtype back: outside any count, on fake tensors (nothing is copied)
+                fake = fake.detach().to(dtype).requires_grad_(a.requires_grad)
+        reals[id(fake)] = a
+        return fake
 
     fake = Case(tuple(convert(a) for a in case.args), {k: convert(v) for k, v in case.kwargs.items()})
-    fake.fake_mode = mode
+    fake.fake_mode, fake.reals = mode, reals
     return fake
 
 
@@ -226,7 +279,8 @@ def _count_job(job: _Job) -> dict:
             if fn is None:
                 continue  # unavailable here: the parent's own factory says so too, and writes no row
             out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact, job.seconds,
-                                         spec.flops(job.dims, "fwd+bwd" if job.backward else "fwd"))
+                                         spec.flops(job.dims, "fwd+bwd" if job.backward else "fwd"), job.dtype,
+                                         spec.count_outputs, spec.values_steer_work)
         except NotComparable as e:  # the peer does not cover this case: kept as it is, the parent writes no row
             out[provider] = e
         except Exception as e:  # noqa: BLE001

@@ -48,8 +48,23 @@ def params_of(dims: dict) -> str:
     return json.dumps({k: v for k, v in dims.items() if k != "seqlen"}, sort_keys=True)
 
 
-def sweep_cases(spec: OpSpec, *, gpu: bool, max_seqlen=None) -> list[dict]:
-    """The dims one op is swept over: ``spec.sweep_cases(gpu)`` without the cases longer than ``max_seqlen``.
+# The default plan (``full=False``): what a newcomer's first sweep runs in minutes on 2 cores. Of the GPU's cases,
+# the op's ``quick_panels`` (its first panel where it names none) at these sequence lengths, or the panel's longest
+# where it stops short of the last: a speedup curve up to the real sizes, a few points each.
+QUICK_SEQLENS = (1024, 4096, 16384)
+
+
+def _in_quick_plan(spec: OpSpec, dims: dict, cases: list[dict]) -> bool:
+    panels = spec.quick_panels or ({k: v for k, v in cases[0].items() if k != "seqlen"},)
+    if not any(all(dims.get(k) == v for k, v in panel.items()) for panel in panels):
+        return False
+    longest = max(d["seqlen"] for d in cases if params_of(d) == params_of(dims))
+    return dims["seqlen"] in QUICK_SEQLENS or (dims["seqlen"] == longest and longest < QUICK_SEQLENS[-1])
+
+
+def sweep_cases(spec: OpSpec, *, gpu: bool, max_seqlen=None, full: bool = True) -> list[dict]:
+    """The dims one op is swept over: ``spec.sweep_cases(gpu)`` (of the GPU's, only the quick plan's unless
+    ``full``: see ``QUICK_SEQLENS``) without the cases longer than ``max_seqlen``.
 
     On the CPU, a ``max_seqlen`` beyond the op's (tiny) list also extends it: each panel (the dims besides
     seqlen) gets its longest seqlen doubled until ``max_seqlen``, at the CPU shapes. The GPU's shapes would not do:
@@ -57,6 +72,8 @@ def sweep_cases(spec: OpSpec, *, gpu: bool, max_seqlen=None) -> list[dict]:
     added points on the same plot lines as the default ones.
     """
     base = spec.sweep_cases(gpu)
+    if gpu and not full:
+        base = [d for d in base if _in_quick_plan(spec, d, base)]
     last_of_panel = {params_of(dims): i for i, dims in enumerate(base)}
     cases = []
     for i, dims in enumerate(base):
@@ -145,10 +162,11 @@ class WorkItem:
 
 
 def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wanted_providers=None,
-               max_seqlen=None, stand_ins=None) -> list[WorkItem]:
+               max_seqlen=None, stand_ins=None, full: bool = True) -> list[WorkItem]:
     """Every item of the sweep, in order: per op, its cases × dtypes × modes (the op's own where not given).
 
-    ``gpu``: the GPU's sizes and dtypes (a GPU run, or a modeled one) rather than the interpreter's tiny ones.
+    ``gpu``: the GPU's sizes and dtypes (a GPU run, or a modeled one) rather than the interpreter's tiny ones;
+    ``full``: all of them, rather than the quick plan's few (``QUICK_SEQLENS``).
     ``stand_ins``: dtype -> the dtype its inputs are made in (the model counts bf16 by running fp16).
     Raises :class:`NothingToRun` when the selection leaves none.
     """
@@ -158,7 +176,7 @@ def work_items(specs: list[OpSpec], *, gpu: bool, dtypes=None, modes=None, wante
         spec_dtypes = dtypes or (list(spec.sweep_dtypes) if gpu else [torch.float32])
         spec_modes = [m for m in (modes or spec.modes) if m in spec.modes]
         items += [WorkItem(spec, dims, dtype, mode, provs, (stand_ins or {}).get(dtype))
-                  for dims in sweep_cases(spec, gpu=gpu, max_seqlen=max_seqlen)
+                  for dims in sweep_cases(spec, gpu=gpu, max_seqlen=max_seqlen, full=full)
                   for dtype in spec_dtypes for mode in spec_modes]
     if not items:
         limits = ([f"mode {' or '.join(modes)}"] if modes else []) + (

@@ -13,6 +13,7 @@ share of the cases into a shard of the CSV and rank 0 merges them at the end (:m
 from __future__ import annotations
 
 import datetime
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,9 @@ def default_measurer() -> Measurer:
 
 
 def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_providers=None, max_seqlen=None,
-        measurer: Measurer | None = None, ranks: Ranks | None = None) -> Path:
+        measurer: Measurer | None = None, ranks: Ranks | None = None, full: bool = True) -> Path:
     """Measure ``specs`` into the CSV ``out``, resuming it. Raises NothingToRun when the selection is empty.
+    ``full``: every case of the ops' lists, rather than the quick plan's few (``plan.QUICK_SEQLENS``).
 
     ``ranks``: this process's place in a distributed run (sweeps/distributed.py): it measures its share of the
     cases into its shard, and rank 0 merges the shards into ``out`` at the end. Without it, one process does all.
@@ -70,7 +72,7 @@ def run(specs: list[OpSpec], out: Path, *, dtypes=None, modes=None, wanted_provi
     if skip_compile:
         wanted_providers = providers_but_compile(specs)  # compiling on a CPU: minutes
     items = work_items(specs, gpu=measurer.real_sizes, dtypes=dtypes, modes=modes, wanted_providers=wanted_providers,
-                       max_seqlen=max_seqlen, stand_ins=measurer.stand_ins)
+                       max_seqlen=max_seqlen, stand_ins=measurer.stand_ins, full=full)
     if ranks.lead and measurer.notice:
         print(measurer.notice, flush=True)
     if ranks.lead and skip_compile:
@@ -191,6 +193,8 @@ class _Sweep:
             if row is not None:
                 self.store.add(row)
                 self.written += 1
+                if row["error"]:  # one line, above the bar; the row keeps it, and the next run retries it
+                    self.bar.write(f"  {item.label()} {provider}: {row['error']}")
                 kill_hook(self.ranks, self.written)
             self.bar.update(1)
 
@@ -305,7 +309,10 @@ def _make_case(item: WorkItem):
 
 
 def _error_text(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    """One line: the exception's type and the first line of its message (a worker's error comes named already)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    named = re.match(r"[A-Za-z_.]*(Error|Exception|Interrupt): ", text)
+    return (text if named else f"{type(e).__name__}: {text}")[:300]
 
 
 def _config_of(spec: OpSpec) -> str:

@@ -157,6 +157,7 @@ class _Session:
     sample: int | None
     seconds: float | None
     exact: frozenset
+    outputs: dict  # kernel name -> writer(**the launch's arguments) of what its whole grid writes
 
 
 _sessions: list[_Session] = []  # open count() blocks (nested blocks each see everything)
@@ -363,6 +364,7 @@ def _install():
             return run(self, *args, **kwargs)
         name = self.fn.__name__
         exact = any(name in s.exact for s in _sessions)
+        writer = next((s.outputs[name] for s in _sessions if name in s.outputs), None)
         samples = [s.sample for s in _sessions if s.sample is not None]
         budgets = [s.seconds for s in _sessions if s.seconds is not None]
         launch = Launch(kernel=name, num_warps=kwargs.get("num_warps", 4))
@@ -380,6 +382,13 @@ def _install():
         _scale(launch)
         for session in _sessions:
             session.counter.records.append(launch)
+        if writer is not None and launch.programs_run < launch.programs:
+            import inspect
+
+            params = inspect.signature(self.fn).parameters  # less the launch options (num_warps, ...)
+            bound = inspect.signature(self.fn).bind_partial(*args, **{k: v for k, v in kwargs.items() if k in params})
+            with uncounted():  # what the skipped programs would have written: bookkeeping, not the program's work
+                writer(**bound.arguments)
 
     builder.create_masked_load, builder.create_masked_store = create_masked_load, create_masked_store
     builder.create_dot = create_dot
@@ -414,7 +423,7 @@ _DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "f
 def _register_cpu_sdpa_flops():
     """torch's FLOP formulas cover the GPU's SDPA kernels but not the CPU one that runs here (fake tensors take
     the CPU's path): give it the same formulas, so SDPA's counted FLOPs are those the GPU's flash kernel would do
-    (torch counts the full square, causal or not)."""
+    (torch counts the full square, causal or not). And ``_grouped_mm``, which has none."""
     from torch.utils.flop_counter import (flop_registry, register_flop_formula, sdpa_backward_flop_count,
                                           sdpa_flop_count)
 
@@ -429,6 +438,15 @@ def _register_cpu_sdpa_flops():
     @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
     def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    if hasattr(aten, "_grouped_mm") and aten._grouped_mm not in flop_registry:
+        @register_flop_formula(aten._grouped_mm)
+        def _grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+            """torch._grouped_mm (the MoE's grouped GEMMs; torch has no formula): each row of a 2-D ``a`` meets
+            its group's matrix of a 3-D ``b`` (2·M·K·N); two 2-D operands are grouped along K (the weight
+            gradient: 2·M·K·N over all groups); two 3-D ones are a batch."""
+            (m, k), n = a_shape[-2:], b_shape[-1]
+            return 2 * m * k * n * (a_shape[0] if len(a_shape) == 3 and len(b_shape) == 3 else 1)
 
 
 # aten ops that overwrite their ``self`` without reading it, and factories that read only their input's shape
@@ -547,12 +565,16 @@ def uncounted():
 
 
 @contextlib.contextmanager
-def count(*, sample: int | None = None, seconds: float | None = None, exact=(), torch_only: bool = False):
+def count(*, sample: int | None = None, seconds: float | None = None, exact=(), outputs=None,
+          torch_only: bool = False):
     """Count every Triton launch (under the interpreter) and every aten op run inside the block.
 
     ``sample``: run at most this many programs of a launch and scale (see the module doc); ``seconds``: a sampled
     launch also stops once it has run two programs and this long (the spread of the sample holds for any prefix of
-    it); ``exact``: names of kernels that always run whole. Triton kernels are counted only under the interpreter:
+    it); ``exact``: names of kernels that always run whole (their outputs steer later launches); ``outputs``:
+    {kernel name: writer} for such kernels that are too slow to run whole under the interpreter: they are sampled
+    like any other, then ``writer(**the launch's arguments)`` writes, uncounted, what the whole grid would (with
+    PyTorch: the MoE router's top-k). Triton kernels are counted only under the interpreter:
     on a GPU they are compiled and nothing executes op by op where it could be counted, so ``count()`` refuses unless
     ``torch_only=True`` says the block runs PyTorch code alone.
     """
@@ -563,7 +585,7 @@ def count(*, sample: int | None = None, seconds: float | None = None, exact=(), 
     elif not torch_only:
         raise RuntimeError("kernels.count() counts Triton kernels under the interpreter (TRITON_INTERPRET=1); this "
                            "process compiles them for a GPU. Pass torch_only=True to count PyTorch code alone.")
-    session = _Session(Counter(), sample, seconds, frozenset(exact))
+    session = _Session(Counter(), sample, seconds, frozenset(exact), dict(outputs or {}))
     _sessions.append(session)
     try:
         with _dispatch_mode(session.counter):

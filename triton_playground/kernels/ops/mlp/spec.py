@@ -114,6 +114,7 @@ MLP = OpSpec(
     dims=_dims,
     config_dims={"seqlen": 67, "hidden": 71, "inner": 97, "activation": "relu2"},
     sweep_cases=_sweep_cases,
+    quick_panels=({"hidden": 4096},),  # Persimmon-8B's
     flops=_flops,
     bytes_moved=_bytes,
     tolerance={torch.float32: 1e-5, torch.float16: 3e-3},

@@ -11,6 +11,7 @@ from .api import moe
 from .kernel import moe_router
 from .kernel_bwd import moe_down_bwd, moe_weight_grad
 from .kernel_gemm import moe_combine, moe_down, moe_gate_up
+from ..routing.reference import topk_routing_reference
 from .reference import moe_grouped_mm, moe_reference
 
 
@@ -171,6 +172,18 @@ def _bad_inputs():
     return tuple(bad)
 
 
+def _router_outputs(X, R, TopW, TopI, Logits, n_tokens, hidden, n_experts, top_k, NORMALIZE, STORE_LOGITS, **_):
+    """What ``moe_router``'s whole grid writes, for the counters (``OpSpec.count_outputs``): its programs do equal
+    work, so a sample counts it, but the dispatch reads every token's experts. At 16k tokens the interpreter takes
+    two minutes over the grid; the reference's top-k of the same fp32 logits takes a moment."""
+    logits = X[:n_tokens].float() @ R[:n_experts].float().T
+    weights, ids = topk_routing_reference(logits, top_k, normalize=bool(NORMALIZE))
+    TopW.copy_(weights.reshape(TopW.shape))
+    TopI.copy_(ids.reshape(TopI.shape))
+    if STORE_LOGITS:
+        Logits.copy_(logits.reshape(Logits.shape))
+
+
 MOE = OpSpec(
     name="moe",
     fn=moe,
@@ -179,13 +192,17 @@ MOE = OpSpec(
     dims=_dims,
     config_dims={"tokens": 19, "hidden": 40, "inner": 24, "experts": 12, "k": 4, "hot": 3, "normalize": True},
     sweep_cases=_sweep_cases,
+    quick_panels=({"hot": 0},),
     flops=_flops,
     bytes_moved=_bytes,
     tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
     grad_tolerance={torch.float32: 1e-5, torch.float16: 2e-3},
     kernels=(moe_router, moe_gate_up, moe_down, moe_combine, moe_down_bwd, moe_weight_grad),
-    # the expert ids and the dispatch decide which blocks the GEMMs run: counted whole, never sampled
-    count_exact=("moe_router", "dispatch_count", "dispatch_scan", "dispatch_scatter", *peers.LIGER_MOE_EXACT),
+    # the expert ids and the dispatch decide which blocks the GEMMs run: the dispatch counted whole, never
+    # sampled; the router sampled, its outputs then written by the reference's top-k
+    count_exact=("dispatch_count", "dispatch_scan", "dispatch_scatter", *peers.LIGER_MOE_EXACT),
+    values_steer_work=True,
+    count_outputs={"moe_router": _router_outputs, **peers.LIGER_MOE_OUTPUTS},
     examples=(
         {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
         {"tokens": 17, "hidden": 24, "inner": 16, "experts": 64, "k": 8, "hot": 8},  # all to 8 experts, 56 idle

@@ -110,6 +110,7 @@ ROPE = OpSpec(
     dims=_dims,
     config_dims={"batch": 2, "heads": 5, "seqlen": 37, "head_dim": 80, "rotary_dim": 40, "pos_2d": True},
     sweep_cases=_sweep_cases,
+    quick_panels=({"head_dim": 64, "rotary_fraction": 0.5},),  # Persimmon-8B's
     flops=_flops,
     bytes_moved=_bytes,
     tolerance={torch.float32: 1e-5, torch.float16: 1e-3},
