@@ -17,7 +17,7 @@ from triton_playground.sweeps.store import COLUMNS, KEY, ORDER, merge, shard_fil
 
 ROOT = Path(__file__).resolve().parent.parent
 # Real op names, as the CLI takes them; small cases (seqlen 512, forward, eager and ours) keep each run ~10 s.
-SWEEP = ["layer_norm", "partial_rope", "--max-seqlen", "512", "--modes", "fwd", "--providers", "ours"]
+SWEEP = ["layer_norm", "partial_rope", "--full", "--max-seqlen", "512", "--modes", "fwd", "--providers", "ours"]
 
 
 def _sweep(out: Path, nproc: int | None, **env) -> subprocess.CompletedProcess:

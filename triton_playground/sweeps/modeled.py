@@ -10,12 +10,13 @@ says ``model:H100``: a model of counted work, never a measured time.
 
 * Real sizes. The cases are the GPU sweep's. A launch of more than ``sample`` programs runs a spread-out sample of
   them and is scaled (the ``counted`` column says how many ran); kernels whose outputs steer later launches
-  (``OpSpec.count_exact``: the MoE router and dispatch) always run whole. Persistent grids are sized for the
+  run whole (``OpSpec.count_exact``: the MoE's dispatch) or, where that takes minutes, on a sample with their
+  outputs then written by PyTorch (``OpSpec.count_outputs``: the MoE router). Persistent grids are sized for the
   H100's 132 SMs.
 * PyTorch code (``eager``, SDPA) runs on fake tensors: the aten counter needs shapes only, so the eager
-  attention's 16k x 16k score matrix is counted without being computed. What fake tensors cannot run (Triton
-  kernels, which read memory; data-dependent shapes, as the MoE reference's per-expert loop) runs on the real
-  inputs.
+  attention's 16k x 16k score matrix is counted without being computed; where its shapes depend on values (the
+  MoE reference's loop over the experts hit), the ops leading to those values are computed for real
+  (``kernels/perf/shadow.py``). Triton kernels read memory: they run on the real inputs.
 * bf16 is counted by running fp16: the interpreter computes bf16 wrong, and an fp16 run moves the same bytes, runs
   the same kernels and tiles and executes the same FLOPs at the same tensor-core peak (kernels/common/precision).
 * Cases are counted by ``workers`` processes in parallel (the interpreter is single-threaded); their rows are
@@ -99,7 +100,8 @@ class Modeled:
         if phases is None or (mode != "fwd" and "bwd" not in phases):
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
                                   self.seconds, outputs=spec.count_outputs if spec else None,
-                                  values_steer_work=spec.values_steer_work if spec else True)  # a fallback: prepare() counted what it was given
+                                  values_steer_work=spec.values_steer_work if spec else True)
+            # (a fallback: prepare() counted what it was given)
             self._phases[(key, provider)] = phases
         timed = [phases[phase] for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))]
         counter = Counter([r for phase in timed for r in phase.records])

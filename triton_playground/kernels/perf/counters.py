@@ -21,9 +21,9 @@ a kernel on a GPU (views and metadata ops excluded) is one launch whose FLOPs co
 ``torch.utils.flop_counter``'s formulas and whose bytes are its tensor inputs read and outputs written (an aten
 op reads and writes every element of its operands: no fusion, no partial reads; what it only overwrites, as
 ``copy_``'s destination, or only takes the shape of, as ``zeros_like``'s input, it does not read). An op that is
-several kernels on a GPU (``native_layer_norm_backward``: dX, then dgamma and dbeta) is that many launches. So the eager reference and our
-kernels — with the torch ops their wrappers run around the launches (a ``zeros`` for partial sums, a final
-``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
+several kernels on a GPU (``native_layer_norm_backward``: dX, then dgamma and dbeta) is that many launches. So
+the eager reference and our kernels — with the torch ops their wrappers run around the launches (a ``zeros`` for
+partial sums, a final ``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
 a reference can be counted at sizes too big to run here.
 
 Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, spread evenly over the
