@@ -56,7 +56,7 @@ def test_clis_run_without_test_tooling(command, tmp_path):
     csv = tmp_path / "s.csv"
     proc = _run(f"""
         import runpy, sys
-        sys.argv = ["sweeps", "layer_norm", "--modes", "fwd", "--max-seqlen", "512", "--out", {str(csv)!r}]
+        sys.argv = ["sweeps", "layer_norm", "--modes", "fwd", "--max-seqlen", "1024", "--out", {str(csv)!r}]
         runpy.run_module("triton_playground.sweeps", run_name="__main__")
         if {command!r} == "plots":
             sys.argv = ["plots", {str(csv)!r}, "--out", {str(tmp_path / "s.png")!r}]
