@@ -385,8 +385,8 @@ def _install():
         if writer is not None and launch.programs_run < launch.programs:
             import inspect
 
-            params = inspect.signature(self.fn).parameters  # less the launch options (num_warps, ...)
-            bound = inspect.signature(self.fn).bind_partial(*args, **{k: v for k, v in kwargs.items() if k in params})
+            signature = inspect.signature(self.fn)  # its parameters, less the launch options (num_warps, ...)
+            bound = signature.bind_partial(*args, **{k: v for k, v in kwargs.items() if k in signature.parameters})
             with uncounted():  # what the skipped programs would have written: bookkeeping, not the program's work
                 writer(**bound.arguments)
 

@@ -19,9 +19,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
-# ops whose output's shape, or whose Python value, depends on their inputs' values
-DATA_DEPENDENT = {"nonzero", "_local_scalar_dense", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
-                  "argwhere", "bincount", "repeat_interleave", "nonzero_static"}
+from .counters import _SYNCS
+
+# ops whose output's shape, or whose Python value, depends on their inputs' values: those after which a GPU's host
+# waits for the device (the counters' list), and two whose output size fake tensors cannot know without values
+DATA_DEPENDENT = _SYNCS | {"bincount", "repeat_interleave"}
 
 
 class NotReplayable(RuntimeError):
