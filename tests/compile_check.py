@@ -1,10 +1,17 @@
-"""Compile every kernel of every op, under every config, for an H100 (sm_90), without a GPU.
+"""Compile the kernels of every op for an H100 (sm_90), under every config, in bf16 and fp32, without a GPU.
 
 The interpreter accepts code the compiler rejects (a variable bound in one branch of a runtime ``if``, a dot
 tile under 16, shared memory past the chip's limit). This drives each op's wrappers, forward and backward, in
-bf16 and fp32 on its ``config_dims`` case, with ``KERNELS_COMPILE_ONLY=1``: each launch compiles the kernel
-through Triton's real pipeline down to a cubin (ptxas ships with Triton) against a stand-in driver, and runs
-nothing. Outputs are therefore garbage; only compilation is checked.
+bf16 and fp32 on its ``config_dims`` case (a shape no tile divides), with ``KERNELS_COMPILE_ONLY=1``: each launch
+compiles the kernel through Triton's real pipeline down to a cubin (ptxas ships with Triton) against a stand-in
+driver, and runs nothing. Outputs are therefore garbage; only compilation is checked.
+
+Run ``i`` forces config ``i`` of every kernel of the op (its last where it has fewer). What compiles is what the
+report compiles (``kernels/report/collect.py``): every launch whose config the kernel's prune rule keeps for that
+launch's arguments (the autotuner may run it there), and each (kernel, config) once at least, at its first
+launch, where the rule drops it everywhere (fp32's 128x256 GEMM tiles, which spill: the rule drops them in
+fp32; TMA configs, whose descriptors no odd shape fits): a config that can never run there is compiled once, not
+at every launch. The report compiles the same kernels in bf16 at the sweep's shapes, where the TMA configs run.
 
     python -m tests.compile_check [OP ...]        (a fresh process: it must set the environment first)
 """
@@ -19,7 +26,7 @@ import torch  # noqa: E402
 
 from triton_playground import kernels  # noqa: E402
 from triton_playground.kernels import _runtime as rt  # noqa: E402
-from triton_playground.kernels.report import compile_only  # noqa: E402
+from triton_playground.kernels.report import collect, compile_only  # noqa: E402
 from triton_playground.kernels.spec import Case  # noqa: E402
 
 compile_only.install(90, force=True)  # the stand-in H100 driver (shared with the report)
@@ -34,37 +41,51 @@ def _lowp(case: Case, dtype) -> Case:
     return Case(tuple(cast(a) for a in case.args), {k: cast(v) for k, v in case.kwargs.items()})
 
 
-def check(names) -> list[str]:
-    failures = []
+def check(names) -> tuple[list[str], int]:
+    """(the failures, the number of launches compiled)."""
+    failures, compiled = [], 0
     for name in names:
         spec = kernels.OPS[name]
-        for kernel in spec.kernels:
-            for index, config in enumerate(kernel.configs):
-                for dtype in (torch.bfloat16, torch.float32):
-                    case = _lowp(spec.make_case(spec.config_dims, torch.float64, "cpu",
-                                                requires_grad="bwd" in spec.modes), dtype)
-                    try:
-                        with kernels.force_config(kernel, index):
-                            outs = spec.fn(*case.args, **case.kwargs)
-                            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-                            outs = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
-                            if outs and case.grad_inputs():
-                                torch.autograd.grad(outs, case.grad_inputs(), [torch.ones_like(o) for o in outs],
-                                                    allow_unused=True)
-                    except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
-                        failures.append(f"{name} {kernel.name} config {index} ({config}) {dtype}: "
-                                        f"{type(e).__name__}: {e}")
-                        print("FAIL", failures[-1].splitlines()[0], flush=True)
+        tuned = collect.op_kernels(spec)  # every autotuned kernel of the op's package: each launch is decided
+        for dtype in (torch.bfloat16, torch.float32):
+            once: set = set()  # (kernel, config) compiled where the prune rule drops it
+
+            def wanted(launch) -> bool:
+                key = (launch.kernel.name, launch.config)
+                if launch.config in launch.kept or key not in once:
+                    once.add(key)
+                    return True
+                return False
+
+            for index in range(max(len(k.configs) for k in tuned)):
+                case = _lowp(spec.make_case(spec.config_dims, torch.float64, "cpu",
+                                            requires_grad="bwd" in spec.modes), dtype)
+                label, before = f"{name} config {index} {dtype}", len(failures)
+                try:
+                    with rt.force_configs(tuned, index), collect.recording(tuned, compile=wanted) as launches:
+                        collect.run_case(spec, case)
+                except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
+                    failures.append(f"{label}: {type(e).__name__}: {e}")
+                for launch in launches:
+                    config = f"{launch.kernel.name} {launch.kernel.configs[launch.config]} [{launch.variant}]"
+                    if launch.error:
+                        failures.append(f"{label}: {config}: {launch.error}")
+                    elif launch.compiled is not None:
+                        compiled += 1
+                        shared = launch.compiled.metadata.shared
+                        if shared > rt.H100_SHARED_MEMORY:
+                            failures.append(f"{label}: {config} needs {shared} bytes of shared memory; an H100 "
+                                            f"program has {rt.H100_SHARED_MEMORY}")
+                for failure in failures[before:]:
+                    print("FAIL", failure.splitlines()[0], flush=True)
         print(f"{name}: compiled", flush=True)
-    return failures
+    return failures, compiled
 
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(kernels.OPS)
-    failures = check(names)
-    kinds = {(k, c) for k, c, _ in rt.compiled}
-    most = max((s for _, _, s in rt.compiled), default=0)
-    print(f"{len(kinds)} kernel/config pairs compiled for sm_90; most shared memory {most} bytes")
+    failures, compiled = check(names)
+    print(f"{compiled} launches compiled for sm_90")
     if failures:
         print("\n\n".join(failures))
         sys.exit(1)

@@ -82,3 +82,68 @@ def test_the_quick_plan_covers_every_op_at_a_few_lengths_up_to_the_real_sizes():
             lengths = sorted(d["seqlen"] for d in quick if plan.params_of(d) == panel)
             longest = max(d["seqlen"] for d in full if plan.params_of(d) == panel)
             assert 2 <= len(lengths) <= 4 and lengths[-1] == min(longest, plan.QUICK_SEQLENS[-1]), (name, lengths)
+
+
+# Each op's main panel of the quick plan, shrunk (fewer heads, narrower rows) until counting every program takes
+# seconds, with the structure that makes programs' work differ kept: causal and windowed attention's query and key
+# blocks, packed documents, the MoE's expert segments with OLMoE's routing (top-8 of 64), GEMM tiles, rows.
+SAMPLED = [
+    ("attention", {"batch": 1, "q_heads": 2, "kv_heads": 2, "seqlen": 1024, "head_dim": 32, "window": None}),
+    ("attention", {"batch": 1, "q_heads": 2, "kv_heads": 1, "seqlen": 1024, "head_dim": 32, "window": 256}),
+    ("attention_varlen", {"docs": 4, "q_heads": 2, "kv_heads": 2, "seqlen": 1024, "head_dim": 64, "window": None}),
+    ("moe", {"hidden": 32, "inner": 32, "experts": 64, "k": 8, "seqlen": 256, "hot": 0}),
+    ("mlp", {"seqlen": 512, "hidden": 256, "inner": 1024, "activation": "relu2"}),
+    ("layer_norm", {"seqlen": 1024, "hidden": 128}),
+    ("rms_norm", {"seqlen": 1024, "hidden": 128}),
+    ("partial_rope", {"batch": 1, "heads": 4, "seqlen": 512, "head_dim": 64, "rotary_fraction": 0.5}),
+    ("topk_routing", {"seqlen": 4096, "experts": 64, "k": 8}),
+]
+
+
+@pytest.mark.parametrize("op, dims", [pytest.param(op, dims, id=f"{op}-{i}") for i, (op, dims) in enumerate(SAMPLED)])
+def test_sampled_counts_are_within_2_percent_of_every_program_counted(op, dims):
+    """What the default sweep reports of a sampled launch — FLOPs, bytes read and written, the H100 model's DRAM
+    bytes and time — is within 2% of counting every program, for every provider, forward and backward. Sampled as
+    the sweep samples (``modeled.DEFAULT_SAMPLE`` programs a launch) but without its time budget (which stops a
+    launch after a whole pair: the sample's balance holds), so the test is deterministic."""
+    from triton_playground.kernels.perf import model as gpu
+
+    spec = plan.all_specs()[op]
+    case = spec.make_case(dims, torch.float16, rt.DEVICE, requires_grad="bwd" in spec.modes)
+    sampled_somewhere = False
+    for provider, factory in plan.providers(spec, None).items():
+        fn = None if provider == "compile" else factory()
+        if fn is None:
+            continue
+        fn(*case.args, **case.kwargs)  # a provider's caches (HF's rotary tables) filled before either count
+        counted = [modeled.count_phases(factory(), case, "bwd" in spec.modes, sample, spec.count_exact, None,
+                                        dtype=torch.bfloat16, outputs=spec.count_outputs,
+                                        values_steer_work=spec.values_steer_work, strata=spec.count_strata)
+                   for sample in (modeled.DEFAULT_SAMPLE, None)]
+        for phase in counted[1]:
+            sampled, exact = counted[0][phase], counted[1][phase]
+            sampled_somewhere |= any(r.programs_run < r.programs for r in sampled.records)
+            assert [(r.kernel, r.programs) for r in sampled.records] == [(r.kernel, r.programs) for r in exact.records]
+            columns = {
+                "flops": (sampled.flops, exact.flops),
+                "bytes_read": (sampled.bytes_read, exact.bytes_read),
+                "bytes_written": (sampled.bytes_written, exact.bytes_written),
+                "bytes_dram": tuple(sum(gpu.dram_bytes(r, gpu.H100) for r in c.records) for c in (sampled, exact)),
+                "ms": (gpu.modeled_ms([sampled], gpu.H100), gpu.modeled_ms([exact], gpu.H100)),
+            }
+            for column, (a, b) in columns.items():
+                assert a == pytest.approx(b, rel=0.02), f"{provider} {phase} {column}: sampled {a}, exact {b}"
+    assert sampled_somewhere  # the case is big enough to be sampled
+
+
+def test_one_mirrored_pair_counts_causal_attention():
+    """The sweep's time budget may stop a slow launch after its first pair (causal attention at 16k tokens): one
+    pair alone must count causal attention's triangle, forward and backward (a query block's work grows by one key
+    block a block, a key block's shrinks: a program and its mirror sum to the grid's mean)."""
+    spec = OPS["attention"]
+    case = spec.make_case(SAMPLED[0][1], torch.float16, rt.DEVICE, requires_grad=True)
+    pair, exact = (modeled.count_phases(spec.fn, case, True, sample, (), None) for sample in (2, None))
+    for phase in ("fwd", "bwd"):
+        assert any(r.programs_run == 2 < r.programs for r in pair[phase].records)
+        assert pair[phase].flops == pytest.approx(exact[phase].flops, rel=0.02), phase
+        assert pair[phase].bytes_read == pytest.approx(exact[phase].bytes_read, rel=0.02), phase

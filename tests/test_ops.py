@@ -3,8 +3,9 @@
 * ``test_matches_reference``: hypothesis draws the shape (the op's own strategy: sizes of one, odd and prime
   sizes, wide rows), the dtype, contiguous or strided inputs and a seed; outputs are NaN-poisoned.
 * ``test_example``: the op's must-cover dims (``OpSpec.examples``).
-* ``test_every_config``: each autotuned kernel of the op, under each of its configs, on a shape that is not a
-  multiple of any tile.
+* ``test_every_config``: each autotuned kernel of the op under each of its configs, on a shape that is not a
+  multiple of any tile: run ``i`` forces config ``i`` of every kernel at once (a kernel with fewer: its last), so an
+  op runs as many times as its longest config list, not once per kernel and config.
 * ``test_bad_input``: each bad call the op lists raises the error it names.
 """
 
@@ -13,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triton_playground.kernels import OPS, force_config
+from triton_playground.kernels import OPS, force_configs
 from triton_playground.kernels import _runtime as rt
 from tests.checks import compare
 from tests.conftest import PROFILE
@@ -52,22 +53,19 @@ def test_example(name, dims):
         compare(spec, case, dtype, label=f"{name} {dims}")
 
 
-CONFIG_CASES = [
-    pytest.param(name, kernel, index, id=f"{name}-{kernel.name}-{index}")
-    for name, spec in OPS.items()
-    for kernel in spec.kernels
-    for index in range(len(kernel.configs))
-]
+CONFIG_CASES = [pytest.param(name, index, id=f"{name}-{index}") for name, spec in OPS.items()
+                for index in range(max(len(kernel.configs) for kernel in spec.kernels))]
 
 
-@pytest.mark.parametrize("name,kernel,index", CONFIG_CASES)
-def test_every_config(name, kernel, index):
+@pytest.mark.parametrize("name,index", CONFIG_CASES)
+def test_every_config(name, index):
     spec = OPS[name]
     case = spec.make_case(spec.config_dims, torch.float64, rt.DEVICE, contiguous=False,
                           requires_grad=_needs_grad(spec), seed=index)
-    with force_config(kernel, index):
+    forced = "; ".join(f"{k.name} {k.configs[min(index, len(k.configs) - 1)]}" for k in spec.kernels)
+    with force_configs(spec.kernels, index):
         for dtype in DTYPES:
-            compare(spec, case, dtype, label=f"{kernel.name} config {kernel.configs[index]}")
+            compare(spec, case, dtype, label=f"configs {forced}")
 
 
 BAD_CASES = [pytest.param(name, bad, id=f"{name}-{bad.label}") for name, spec in OPS.items() for bad in spec.bad_inputs]

@@ -19,6 +19,8 @@ COMMANDS = {
                "what every kernel compiles to for sm_90: registers, spills, occupancy, tensor cores, loads"),
     "validate": ("triton_playground.validation.__main__",
                  "the H100 model against published H100 measurements (Liger-Kernel's): errors, held out"),
+    "results": ("triton_playground.results", "every generated result of docs/results/: the sweep, its figures and "
+                "tables, the validation"),
 }
 
 

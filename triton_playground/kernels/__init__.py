@@ -7,7 +7,7 @@ under ``kernels/ops/`` (``kernels/registry.py`` lists them); ``kernels.count()``
 ops, ``torch.ops.playground.*`` (``kernels/library.py``), which ``torch.compile`` traces without a graph break.
 """
 
-from ._runtime import INTERPRET, backend, force_config  # noqa: F401  (first: sets TRITON_INTERPRET)
+from ._runtime import INTERPRET, backend, force_config, force_configs  # noqa: F401  (first: sets TRITON_INTERPRET)
 # the public ops call the torch.library custom ops (torch.ops.playground.*) that kernels/library.py registers
 from .library import (attention, attention_varlen, layer_norm, mlp, moe, partial_rope,  # noqa: F401
                       partial_rope_qk, rms_norm, squared_relu_mlp, topk_routing)

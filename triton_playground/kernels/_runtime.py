@@ -120,8 +120,48 @@ def _emulate_tf32_dots():
     interp.InterpreterBuilder.create_dot = create_dot
 
 
+def _patch_language_once_a_launch():
+    """The interpreter binds ``triton.language`` to itself at each launch (``_patch_lang``: every builtin of four
+    modules, found by ``inspect.getmembers``, about a millisecond) and again at every call of a ``@triton.jit``
+    helper inside it, though the launch's binding is still in place: a quarter of an interpreted attention's time
+    went there. A helper now binds only language modules the running launch has not (the launch's own binding is
+    undone when it ends, as before; a helper's never was)."""
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+
+    bind = interp._patch_lang
+    bound: list[set] = []  # per running launch: the ids of the language modules it has bound
+
+    def languages(fn) -> set:
+        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and (v is tl or v is tl.core)}
+
+    class _Launch:
+        def __init__(self, scope):
+            self.scope = scope
+
+        def restore(self):
+            self.scope.restore()
+            bound.pop()
+
+    def patch_lang(fn):
+        mine = languages(fn)
+        if not bound:  # a launch (GridExecutor, or the counters' sampled grid): it restores its scope at its end
+            scope = _Launch(bind(fn))
+            bound.append(mine)
+            return scope
+        if not mine <= bound[-1]:  # a helper seeing a language module the launch did not bind
+            bound[-1] |= mine
+            return bind(fn)
+        return _Launch.__new__(_Launch)  # already bound: nothing to do (a helper's scope is never restored)
+
+    interp._patch_lang = patch_lang
+
+
 if INTERPRET:
     _emulate_tf32_dots()
+    _patch_language_once_a_launch()
 
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
@@ -269,6 +309,16 @@ def force_config(kernel: Tuned, index: int):
             _forced[kernel.name] = previous
 
 
+@contextlib.contextmanager
+def force_configs(kernels, index: int):
+    """Within the block, each of ``kernels`` uses its config ``index``, or its last where it has fewer: every
+    kernel of an op under every one of its configs in as many runs as its longest list."""
+    with contextlib.ExitStack() as stack:
+        for kernel in kernels:
+            stack.enter_context(force_config(kernel, min(index, len(kernel.configs) - 1)))
+        yield
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Output allocation
 # --------------------------------------------------------------------------------------------------------------
@@ -280,6 +330,20 @@ def set_poison(on: bool) -> None:
     """While on, :func:`empty` fills what it allocates with NaN (integers with -1). Tests turn it on."""
     global _poison
     _poison = on
+
+
+def set_overflow_checks(on: bool) -> None:
+    """Whether the interpreter checks each int32 ``+ - *`` of a kernel for overflow (recomputing it in int64):
+    Triton's interpreter does by default, and it is a third of an interpreted MoE's time. A compiled kernel checks
+    nothing. The suite turns it off: at its shapes no int32 index comes near 2**31. Real sizes (the sweeps) keep
+    it. No effect on a GPU."""
+    if INTERPRET:
+        import dataclasses
+
+        from triton.runtime import interpreter as interp
+
+        builder = interp.interpreter_builder
+        builder.options = dataclasses.replace(builder.options, sanitize_overflow=on)
 
 
 def empty(shape, dtype, device) -> torch.Tensor:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 import os
 import warnings
 
@@ -81,6 +82,50 @@ def _liger_scatter_outputs(s_scatter_idx_ptr, s_reverse_scatter_idx_ptr, x_gathe
 
 
 LIGER_MOE_OUTPUTS = {"_moe_router_scatter_kernel": _liger_scatter_outputs}
+
+
+def _liger_tile_strata(grid, *, tile_row_start_ptr, tile_expert_ptr, expert_start_ptr, BLOCK_M, **_):
+    """Liger's grouped GEMMs' programs (grid: M-tiles fastest, then N-tiles) by whether their M-tile is full or
+    its expert's last, partly filled one (in order of its rows), for the counters (``OpSpec.count_strata``): the
+    routing decides which."""
+    import numpy as np
+
+    ends = expert_start_ptr.numpy().astype(np.int64)[tile_expert_ptr.numpy().astype(np.int64) + 1]
+    pid = np.arange(math.prod(grid))
+    rows = np.minimum(ends - tile_row_start_ptr.numpy().astype(np.int64), BLOCK_M)[pid % grid[0]]
+    partial = pid[rows < BLOCK_M]
+    return [pid[rows == BLOCK_M], partial[np.argsort(rows[partial], kind="stable")]]  # partial: fewest rows first
+
+
+def _liger_expert_strata(grid, *, expert_start_ptr, **_):
+    """Liger's weight gradients (grid: ``E * m_tiles`` fastest, then N-tiles): a program loops over its expert's
+    rows. One stratum, in order of those rows, so the counters' mirrored pairs match a light expert with a heavy
+    one."""
+    import numpy as np
+
+    starts = expert_start_ptr.numpy().astype(np.int64)
+    pid = np.arange(math.prod(grid))
+    rows = np.diff(starts)[pid % grid[0] // (grid[0] // (len(starts) - 1))]
+    return [pid[np.argsort(rows, kind="stable")]]
+
+
+LIGER_MOE_STRATA = {**dict.fromkeys(("_fused_up_proj_swiglu_kernel", "_fused_down_proj_kernel",
+                                     "_moe_bwd_down_proj_kernel", "_moe_bwd_dX_expanded_kernel"), _liger_tile_strata),
+                    **dict.fromkeys(("_moe_bwd_dW1_kernel", "_moe_bwd_dW2_kernel"), _liger_expert_strata)}
+
+
+def _rows_per_program_strata(grid, *, n_rows, rows_per_program, **_):
+    """Liger's norm backwards run one program an SM, each over ``rows_per_program`` rows; the last ones hold fewer
+    rows or none (1024 rows on 132 SMs: 128 programs of 8 rows, 4 idle). Programs by their rows, for the counters."""
+    import numpy as np
+
+    pid = np.arange(grid[0])
+    rows = np.clip(n_rows - pid * rows_per_program, 0, rows_per_program)
+    return [pid[rows == r] for r in np.unique(rows)]
+
+
+LIGER_NORM_STRATA = dict.fromkeys(("_rms_norm_backward_kernel", "_layer_norm_backward_kernel"),
+                                  _rows_per_program_strata)
 
 DESCRIPTIONS = {
     "layer_norm": {"liger": "Liger LigerLayerNormFunction: same op"},

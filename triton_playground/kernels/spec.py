@@ -96,6 +96,9 @@ class OpSpec:
     # slow to run whole under the interpreter; counted on a sample, then the writer puts what the whole grid
     # writes (kernels/perf/counters.py)
     count_outputs: dict = dataclasses.field(default_factory=dict)
+    # {kernel name: strata(grid, **its launch's arguments)}: kernels whose programs' work differs by data (the MoE's
+    # GEMM blocks: full, partly filled, past the last expert); the counters sample each list of program ids apart
+    count_strata: dict = dataclasses.field(default_factory=dict)
     # whether a provider's work depends on values its matrix products compute (the MoE's router logits decide its
     # experts' GEMMs). When not, counting on real tensors leaves big matrix products uncomputed (sweeps/modeled.py).
     values_steer_work: bool = False

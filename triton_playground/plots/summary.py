@@ -66,8 +66,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 VERSUS_KEYS = ["op", "mode", "dtype", "device"]
 
 
-def versus(df: pd.DataFrame) -> pd.DataFrame:
-    """Ours against each other provider but eager (whose column is the speedup already), at the headline size:
+def versus(df: pd.DataFrame, with_eager: bool = False) -> pd.DataFrame:
+    """Ours against each other provider but eager (whose column is the speedup already; ``with_eager`` puts it
+    first), at the headline size:
     the longest sequence at which both have a successful row, and of its panels the one with the most useful work
     (``flops_useful``, then ``bytes_min``; the CSV's first panel where those are missing).
 
@@ -80,8 +81,9 @@ def versus(df: pd.DataFrame) -> pd.DataFrame:
     for key, group in df.groupby(VERSUS_KEYS, sort=False, dropna=False):
         good = group[~bad.loc[group.index]]
         ours = good[good["provider"] == "ours"]
-        for peer in dict.fromkeys(group["provider"]):
-            if peer in ("ours", "eager"):
+        others = sorted(dict.fromkeys(group["provider"]), key=lambda p: p != "eager")  # eager first, else as found
+        for peer in others:
+            if peer == "ours" or (peer == "eager" and not with_eager):
                 continue
             theirs = good[good["provider"] == peer]
             record = {**dict(zip(VERSUS_KEYS, key)), "peer": peer,

@@ -100,7 +100,8 @@ class Modeled:
         if phases is None or (mode != "fwd" and "bwd" not in phases):
             phases = count_phases(fn, case, mode != "fwd", self.sample, spec.count_exact if spec else (),
                                   self.seconds, outputs=spec.count_outputs if spec else None,
-                                  values_steer_work=spec.values_steer_work if spec else True)
+                                  values_steer_work=spec.values_steer_work if spec else True,
+                                  strata=spec.count_strata if spec else None)
             # (a fallback: prepare() counted what it was given)
             self._phases[(key, provider)] = phases
         timed = [phases[phase] for phase in (("fwd", "bwd") if mode == "fwd+bwd" else (mode,))]
@@ -116,7 +117,7 @@ class Modeled:
 
 
 def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, flops=None, dtype=None,
-                 outputs=None, values_steer_work: bool = True) -> dict:
+                 outputs=None, values_steer_work: bool = True, strata=None) -> dict:
     """{"fwd": Counter, "bwd": Counter (when ``backward``)} of ``fn`` on ``case``, with the H100's grids.
 
     Fake tensors first: counting needs shapes only, so whatever runs on them (PyTorch code: eager, SDPA) is
@@ -141,7 +142,7 @@ def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, fl
         fake = _fake(case, dtype)
         # the fake mode stays on beneath the counter, so tensors the provider creates are fake too
         with fake.fake_mode, RealOnDemand(fake.fake_mode, fake.reals):
-            return _count_phases(fn, fake, backward, sample, exact, seconds, outputs)
+            return _count_phases(fn, fake, backward, sample, exact, seconds, outputs, strata)
     except (DataDependentOutputException, DynamicOutputShapeException, NotReplayable):
         if flops is not None and flops > MAX_REAL_FLOPS:
             raise RuntimeError(f"not counted at this size: its shapes depend on the data in a way that cannot be "
@@ -152,10 +153,10 @@ def count_phases(fn, case: Case, backward: bool, sample, exact, seconds=None, fl
     finally:
         quiet.level = level
     with contextlib.nullcontext() if values_steer_work else _Uncomputed():
-        return _count_phases(fn, case, backward, sample, exact, seconds, outputs)
+        return _count_phases(fn, case, backward, sample, exact, seconds, outputs, strata)
 
 
-def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds, outputs=None) -> dict:
+def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds, outputs=None, strata=None) -> dict:
     with warnings.catch_warnings(), np.errstate(all="ignore"), rt.modeled_sms(gpu.H100.sms):
         # A sampled launch leaves the outputs of the programs it skipped unwritten (torch.empty), and later kernels
         # compute on them: numpy's overflow / invalid-value warnings from the interpreter say nothing of a count,
@@ -163,14 +164,14 @@ def _count_phases(fn, case: Case, backward: bool, sample, exact, seconds, output
         # memory) reads a fake tensor's data pointer, which torch warns of, before it fails and runs on real ones.
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs) as fwd:
+        with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs, strata=strata) as fwd:
             outs = fn(*case.args, **case.kwargs)
         phases = {"fwd": fwd}
         if backward:
             outs = [o for o in (outs if isinstance(outs, (tuple, list)) else (outs,))
                     if isinstance(o, torch.Tensor) and o.requires_grad]
             cotangents = [torch.ones_like(o) for o in outs]  # made outside the count: not the backward's work
-            with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs) as bwd:
+            with kernels.count(sample=sample, seconds=seconds, exact=exact, outputs=outputs, strata=strata) as bwd:
                 torch.autograd.grad(outs, case.grad_inputs(), cotangents)
             phases["bwd"] = bwd
     return phases
@@ -282,7 +283,7 @@ def _count_job(job: _Job) -> dict:
                 continue  # unavailable here: the parent's own factory says so too, and writes no row
             out[provider] = count_phases(fn, case, job.backward, job.sample, spec.count_exact, job.seconds,
                                          spec.flops(job.dims, "fwd+bwd" if job.backward else "fwd"), job.dtype,
-                                         spec.count_outputs, spec.values_steer_work)
+                                         spec.count_outputs, spec.values_steer_work, spec.count_strata)
         except NotComparable as e:  # the peer does not cover this case: kept as it is, the parent writes no row
             out[provider] = e
         except Exception as e:  # noqa: BLE001

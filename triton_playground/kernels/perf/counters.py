@@ -26,13 +26,15 @@ the eager reference and our kernels — with the torch ops their wrappers run ar
 partial sums, a final ``sum``) — are counted side by side, by the same definitions. Works on fake tensors too (``FakeTensorMode``), so
 a reference can be counted at sizes too big to run here.
 
-Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, spread evenly over the
-program ids (a golden-ratio sequence), and its counts are scaled by programs / programs run; ``seconds`` may
-stop it sooner (after two programs at least). Exact when the
-programs do equal work (GEMM tiles, rows of a norm), an estimate when the work varies smoothly with the program
-id (causal attention: the error is below a tile per program), wrong when later launches depend on the values of
-the skipped programs: kernels named in ``exact`` always run whole (the MoE router and dispatch). ``Launch``
-records how many programs ran.
+Sampling (``count(sample=S)``): a launch of more than S programs runs only S of them, in mirrored pairs (a program
+and the one whose index is reversed on every grid axis) spread by a golden-ratio sequence, and its counts are
+scaled by programs / programs run; ``seconds`` may stop it sooner, after a whole pair. Exact when the programs do
+equal work (GEMM tiles, rows of a norm) and when their work is affine in their indices (causal attention's query
+and key blocks: a pair's mean is the grid's); where the work differs by data, a kernel's ``strata`` (the MoE's
+GEMM blocks: full, partly filled, past the last expert) are sampled and scaled each on its own. Wrong when later
+launches depend on the values of the skipped programs: kernels named in ``exact`` always run whole (the MoE's
+dispatch), or have their outputs written by ``outputs`` (its router). ``Launch`` records how many programs ran;
+``tests/test_modeled_counting.py`` holds sampled counts to within 2% of exact ones.
 
     with kernels.count() as c:
         kernels.attention(q, k, v)
@@ -158,6 +160,7 @@ class _Session:
     seconds: float | None
     exact: frozenset
     outputs: dict  # kernel name -> writer(**the launch's arguments) of what its whole grid writes
+    strata: dict  # kernel name -> strata(grid, **the launch's arguments): its programs of like work, in lists
 
 
 _sessions: list[_Session] = []  # open count() blocks (nested blocks each see everything)
@@ -180,18 +183,31 @@ _GOLDEN = (5**0.5 - 1) / 2
 
 
 def _sampled_ids(total: int, sample: int | None) -> list[int]:
-    """Program ids to run: all, or ``sample`` of them spread by a golden-ratio (Weyl) sequence over the flattened
-    ids. Equal strides would not do: with the grid's first axis fastest, a stride that is a multiple of its size
-    picks the same first-axis index every time (the same query block of every head, say), while the Weyl points
-    fall evenly on every axis."""
+    """Program ids to run: all, or ``sample`` of them (rounded up to even) in mirrored pairs ``(p, total - 1 - p)``,
+    the ``p`` spread by a golden-ratio (Weyl) sequence over the flattened ids.
+
+    The mirror of a program reverses its index on every grid axis at once, so a pair's mean is the grid's mean
+    whenever a program's work is affine in its indices (causal attention: the key blocks a query block visits grow
+    by one a block; dK/dV's shrink), and any prefix of whole pairs keeps that (a time budget may stop the launch
+    early, at a pair's end). The Weyl points spread the pairs over every axis, where equal strides would not: with
+    the grid's first axis fastest, a stride that is a multiple of its size picks the same first-axis index every
+    time (the same query block of every head, say)."""
     if sample is None or total <= sample:
         return list(range(total))
-    # in sequence order (any prefix of it is spread out too: a time budget may stop the launch early)
-    return list(dict.fromkeys(int(((i + 0.5) * _GOLDEN) % 1.0 * total) for i in range(sample)))
+    ids = []
+    for i in range((sample + 1) // 2):
+        first = int(((i + 0.5) * _GOLDEN) % 1.0 * total)
+        ids += [first, total - 1 - first]
+    return ids  # a program may come twice (its pair, or another's): each run counts, as its weight in the mean
 
 
-def _run_grid(executor, args_dev, kwargs, sample, seconds):
-    """``GridExecutor.__call__`` (triton/runtime/interpreter.py, 3.6) with the grid loop over chosen programs."""
+def _run_grid(executor, args_dev, kwargs, sample, seconds, strata=None):
+    """``GridExecutor.__call__`` (triton/runtime/interpreter.py, 3.6) with the grid loop over chosen programs.
+
+    Sampled (a grid of more than ``sample`` programs), the programs are split into strata (``strata(grid,
+    **arguments)``: lists of flattened program ids of like work; else one stratum, the grid), each gets its share
+    of the sample (a pair at least, see :func:`_sampled_ids`) and of ``seconds``, and what each stratum's programs
+    counted is scaled by its size over the programs it ran."""
     import inspect
 
     from triton.runtime import interpreter as interp
@@ -202,25 +218,36 @@ def _run_grid(executor, args_dev, kwargs, sample, seconds):
     for hook in executor.pre_run_hooks:
         hook(*args_hst, **kwargs_hst)
     patch_scope = interp._patch_lang(executor.fn)
+    launch = _launch[0]
     try:
-        args = inspect.getcallargs(executor.fn, *args_hst, **kwargs_hst)
-        args = {name: arg if name in executor.constexprs else interp._implicit_cvt(arg) for name, arg in args.items()}
-        _track(_launch[0], _regions(list(args_hst) + list(kwargs_hst.values())))
+        named = inspect.getcallargs(executor.fn, *args_hst, **kwargs_hst)
+        args = {name: arg if name in executor.constexprs else interp._implicit_cvt(arg) for name, arg in named.items()}
+        _track(launch, _regions(list(args_hst) + list(kwargs_hst.values())))
         grid = executor.grid(args) if callable(executor.grid) else executor.grid
         grid = tuple(grid) + (1,) * (3 - len(grid))
         interp.interpreter_builder.set_grid_dim(*grid)
         total = math.prod(grid)
-        ids = _sampled_ids(total, sample)
-        budget = seconds if len(ids) < total else None  # a whole grid always runs whole
-        _launch[0].programs, started = total, time.perf_counter()
+        whole = sample is None or total <= sample
+        groups = [range(total)] if whole or strata is None else [g for g in strata(grid, **named) if len(g)]
+        if sum(len(g) for g in groups) != total:
+            raise ValueError(f"the strata of {launch.kernel} hold {sum(len(g) for g in groups)} programs of {total}")
+        launch.programs, launch.programs_run = total, 0
         try:
-            for run, pid in enumerate(ids, 1):  # x fastest, as a GPU numbers its programs
-                x, y, z = pid % grid[0], (pid // grid[0]) % grid[1], pid // (grid[0] * grid[1])
-                interp.interpreter_builder.set_grid_idx(x, y, z)
-                executor.fn(**args)
-                _launch[0].programs_run = run
-                if budget is not None and run >= 2 and time.perf_counter() - started > budget:
-                    break
+            for group in groups:
+                share = len(group) / total
+                ids = _sampled_ids(len(group), None if whole else min(len(group), max(2, round(sample * share))))
+                budget = None if whole or len(ids) == len(group) or seconds is None else seconds * share
+                before, started, run = _snapshot(launch), time.perf_counter(), 0
+                for run, index in enumerate(ids, 1):
+                    pid = int(group[index])  # x fastest, as a GPU numbers its programs
+                    interp.interpreter_builder.set_grid_idx(pid % grid[0], (pid // grid[0]) % grid[1],
+                                                            pid // (grid[0] * grid[1]))
+                    executor.fn(**args)
+                    if budget is not None and run % 2 == 0 and time.perf_counter() - started > budget:
+                        break  # after a whole pair
+                launch.programs_run += run
+                if run:
+                    _scale_since(launch, before, len(group) / run)
         except Exception as e:
             raise interp.InterpreterError(repr(e)) from e
     finally:
@@ -228,15 +255,25 @@ def _run_grid(executor, args_dev, kwargs, sample, seconds):
     executor._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
 
 
-def _scale(launch: Launch) -> None:
-    if launch.programs_run and launch.programs_run < launch.programs:
-        factor = launch.programs / launch.programs_run
-        for kind in launch.dot_flops:
-            launch.dot_flops[kind] = round(launch.dot_flops[kind] * factor)
-        launch.bytes_read = round(launch.bytes_read * factor)
-        launch.bytes_written = round(launch.bytes_written * factor)
-        for key in launch.requested:
-            launch.requested[key] = round(launch.requested[key] * factor)
+def _snapshot(launch: Launch) -> tuple:
+    return (dict(launch.dot_flops), launch.bytes_read, launch.bytes_written, dict(launch.requested),
+            dict(launch._sites))
+
+
+def _scale_since(launch: Launch, before: tuple, factor: float) -> None:
+    """What ``launch`` counted since ``before`` (a :func:`_snapshot`), times ``factor``: a sample standing for the
+    programs it was drawn from."""
+    if factor == 1:
+        return
+    flops, read, written, requested, sites = before
+    for key in launch._sites:  # loads per line: the trip count is over the whole grid too
+        launch._sites[key] = sites.get(key, 0) + (launch._sites[key] - sites.get(key, 0)) * factor
+    for key in launch.dot_flops:
+        launch.dot_flops[key] = flops.get(key, 0) + round((launch.dot_flops[key] - flops.get(key, 0)) * factor)
+    launch.bytes_read = read + round((launch.bytes_read - read) * factor)
+    launch.bytes_written = written + round((launch.bytes_written - written) * factor)
+    for key in launch.requested:
+        launch.requested[key] = requested.get(key, 0) + round((launch.requested[key] - requested.get(key, 0)) * factor)
 
 
 def _regions(values) -> list[tuple[int, int]]:
@@ -365,6 +402,7 @@ def _install():
         name = self.fn.__name__
         exact = any(name in s.exact for s in _sessions)
         writer = next((s.outputs[name] for s in _sessions if name in s.outputs), None)
+        strata = next((s.strata[name] for s in _sessions if name in s.strata), None)
         samples = [s.sample for s in _sessions if s.sample is not None]
         budgets = [s.seconds for s in _sessions if s.seconds is not None]
         launch = Launch(kernel=name, num_warps=kwargs.get("num_warps", 4))
@@ -372,14 +410,13 @@ def _install():
         _launch[0] = launch
         try:
             _run_grid(self, args, kwargs, None if exact or not samples else min(samples),
-                      min(budgets) if budgets else None)
+                      min(budgets) if budgets else None, strata)
         finally:
             _launch[0] = None
         if launch._sites:
-            launch.trips = max(launch._sites.values()) / max(1, launch.programs_run)
+            launch.trips = max(launch._sites.values()) / max(1, launch.programs)  # sites scaled to the grid
         for helper in ("_source", "_sites", "_order", "_starts", "_ends"):  # the attribution's: done with
             launch.__dict__.pop(helper, None)
-        _scale(launch)
         for session in _sessions:
             session.counter.records.append(launch)
         if writer is not None and launch.programs_run < launch.programs:
@@ -565,13 +602,16 @@ def uncounted():
 
 
 @contextlib.contextmanager
-def count(*, sample: int | None = None, seconds: float | None = None, exact=(), outputs=None,
+def count(*, sample: int | None = None, seconds: float | None = None, exact=(), outputs=None, strata=None,
           torch_only: bool = False):
     """Count every Triton launch (under the interpreter) and every aten op run inside the block.
 
     ``sample``: run at most this many programs of a launch and scale (see the module doc); ``seconds``: a sampled
-    launch also stops once it has run two programs and this long (the spread of the sample holds for any prefix of
-    it); ``exact``: names of kernels that always run whole (their outputs steer later launches); ``outputs``:
+    launch also stops once it has run a pair of programs and this long (a prefix of whole pairs keeps the sample's
+    balance); ``exact``: names of kernels that always run whole (their outputs steer later launches); ``strata``:
+    {kernel name: strata(grid, **the launch's arguments)} for kernels whose programs' work differs by data (the
+    MoE's GEMM blocks: full, partly filled, past the last expert): lists of program ids of like work, each
+    sampled and scaled on its own (see :func:`_run_grid`); ``outputs``:
     {kernel name: writer} for such kernels that are too slow to run whole under the interpreter: they are sampled
     like any other, then ``writer(**the launch's arguments)`` writes, uncounted, what the whole grid would (with
     PyTorch: the MoE router's top-k). Triton kernels are counted only under the interpreter:
@@ -585,7 +625,7 @@ def count(*, sample: int | None = None, seconds: float | None = None, exact=(), 
     elif not torch_only:
         raise RuntimeError("kernels.count() counts Triton kernels under the interpreter (TRITON_INTERPRET=1); this "
                            "process compiles them for a GPU. Pass torch_only=True to count PyTorch code alone.")
-    session = _Session(Counter(), sample, seconds, frozenset(exact), dict(outputs or {}))
+    session = _Session(Counter(), sample, seconds, frozenset(exact), dict(outputs or {}), dict(strata or {}))
     _sessions.append(session)
     try:
         with _dispatch_mode(session.counter):

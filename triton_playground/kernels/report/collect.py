@@ -127,13 +127,6 @@ def run_case(spec, case) -> None:
         torch.autograd.grad(outs, case.grad_inputs(), [torch.empty_like(o) for o in outs], allow_unused=True)
 
 
-def _forced(kernels, index):
-    stack = contextlib.ExitStack()
-    for tuned in kernels:
-        stack.enter_context(rt.force_config(tuned, min(index, len(tuned.configs) - 1)))
-    return stack
-
-
 def config_label(config) -> str:
     kw = " ".join(f"{k.replace('BLOCK_', 'B')}={int(v) if isinstance(v, bool) else v}"
                   for k, v in config.kwargs.items())
@@ -204,7 +197,7 @@ def compile_rows(spec, p: Plan, index: int, *, from_driver: bool = False, everyt
     with as_on_gpu(), rt.modeled_sms(H100.sms):
         for panel, chosen in p.full.items():
             for dims in chosen:
-                with _forced(kernels, index), recording(kernels, compile=lambda l: wanted(panel, l)) as launches:
+                with rt.force_configs(kernels, index), recording(kernels, compile=lambda l: wanted(panel, l)) as launches:
                     run_case(spec, build_case(spec, dims, DTYPES[p.dtype]))
                 for l in launches:
                     # a launch not compiled: what Triton specialises on stands in for its hash (a compiled one

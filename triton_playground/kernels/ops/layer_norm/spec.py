@@ -104,6 +104,7 @@ LAYER_NORM = OpSpec(
     grad_tolerance=_GRAD_TOL,
     kernels=(norm_fwd, norm_bwd),
     peers={"liger": peers.liger_layer_norm},
+    count_strata=peers.LIGER_NORM_STRATA,
     bad_inputs=_bad_inputs(layer_norm, rms=False),
     examples=_EXAMPLES,
 )
@@ -123,6 +124,7 @@ RMS_NORM = OpSpec(
     grad_tolerance=_GRAD_TOL,
     kernels=(norm_fwd, norm_bwd),
     peers={"liger": peers.liger_rms_norm},
+    count_strata=peers.LIGER_NORM_STRATA,
     bad_inputs=_bad_inputs(rms_norm, rms=True),
     examples=_EXAMPLES,
 )

@@ -184,6 +184,29 @@ def _router_outputs(X, R, TopW, TopI, Logits, n_tokens, hidden, n_experts, top_k
         Logits.copy_(logits.reshape(Logits.shape))
 
 
+def _block_strata(grid, *, Offsets, Counts, n_experts, n_blocks, BLOCK_M, GROUP_M, **_):
+    """The grouped GEMMs' programs (``moe_gate_up``, ``moe_down``, ``moe_down_bwd``) by how many rows of their
+    M-block are real, for the counters (``OpSpec.count_strata``): full blocks; partly filled ones (each expert's
+    last, in order of their real rows); and blocks past the last expert, which return at once (the grid is sized
+    from the shapes alone: a bound). Which is which depends on the routing, so the counters sample each kind apart. The program ->
+    block map is ``_block_of_expert``'s (``kernels/common/tiling.grouped_tile``), vectorised."""
+    import numpy as np
+
+    pid = np.arange(grid[0])
+    per_group = GROUP_M * (grid[0] // n_blocks)
+    first = pid // per_group * GROUP_M
+    block = first + pid % per_group % np.minimum(n_blocks - first, GROUP_M)
+    row0 = block * BLOCK_M
+    offsets, counts = Offsets.numpy().astype(np.int64), Counts.numpy().astype(np.int64)
+    expert = (offsets[1:n_experts + 1][None, :] <= row0[:, None]).sum(axis=1)
+    live = expert < n_experts
+    expert = np.minimum(expert, n_experts - 1)
+    real = np.where(live, np.clip(offsets[expert] + counts[expert] - row0, 0, BLOCK_M), 0)
+    partial = pid[(real > 0) & (real < BLOCK_M)]
+    # by their rows: the counters' mirrored pairs then match a nearly empty block with a nearly full one
+    return [pid[real == BLOCK_M], partial[np.argsort(real[partial], kind="stable")], pid[real == 0]]
+
+
 MOE = OpSpec(
     name="moe",
     fn=moe,
@@ -203,6 +226,8 @@ MOE = OpSpec(
     count_exact=("dispatch_count", "dispatch_scan", "dispatch_scatter", *peers.LIGER_MOE_EXACT),
     values_steer_work=True,
     count_outputs={"moe_router": _router_outputs, **peers.LIGER_MOE_OUTPUTS},
+    count_strata={**dict.fromkeys(("moe_gate_up", "moe_down", "moe_down_bwd"), _block_strata),
+                  **peers.LIGER_MOE_STRATA},
     examples=(
         {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
         {"tokens": 17, "hidden": 24, "inner": 16, "experts": 64, "k": 8, "hot": 8},  # all to 8 experts, 56 idle
