@@ -6,12 +6,13 @@ bf16 and fp32 on its ``config_dims`` case (a shape no tile divides), with ``KERN
 compiles the kernel through Triton's real pipeline down to a cubin (ptxas ships with Triton) against a stand-in
 driver, and runs nothing. Outputs are therefore garbage; only compilation is checked.
 
-Run ``i`` forces config ``i`` of every kernel of the op (its last where it has fewer). What compiles is what the
-report compiles (``kernels/report/collect.py``): every launch whose config the kernel's prune rule keeps for that
-launch's arguments (the autotuner may run it there), and each (kernel, config) once at least, at its first
-launch, where the rule drops it everywhere (fp32's 128x256 GEMM tiles, which spill: the rule drops them in
-fp32; TMA configs, whose descriptors no odd shape fits): a config that can never run there is compiled once, not
-at every launch. The report compiles the same kernels in bf16 at the sweep's shapes, where the TMA configs run.
+Run ``i`` forces config ``i`` of every kernel of the op (its last where it has fewer). In fp32, what compiles is
+what the report compiles (``kernels/report/collect.py``): every launch whose config the kernel's prune rule keeps
+for that launch's arguments (the autotuner may run it there), and each (kernel, config) once at least, at its
+first launch, where the rule drops it everywhere (fp32's 128x256 GEMM tiles, which spill; TMA configs, whose
+descriptors no odd shape fits): a config that can never run there is compiled once, not at every launch. In bf16
+each (kernel, config) compiles at its first launch: ``tests/test_report.py`` compiles every bf16 launch the
+autotuner may pick, at the sweep's shapes, where the TMA configs run too.
 
     python -m tests.compile_check [OP ...]        (a fresh process: it must set the environment first)
 """
@@ -50,9 +51,9 @@ def check(names) -> tuple[list[str], int]:
         for dtype in (torch.bfloat16, torch.float32):
             once: set = set()  # (kernel, config) compiled where the prune rule drops it
 
-            def wanted(launch) -> bool:
+            def wanted(launch, fp32=dtype == torch.float32) -> bool:
                 key = (launch.kernel.name, launch.config)
-                if launch.config in launch.kept or key not in once:
+                if (fp32 and launch.config in launch.kept) or key not in once:
                     once.add(key)
                     return True
                 return False

@@ -115,11 +115,14 @@ def test_sampled_counts_are_within_2_percent_of_every_program_counted(op, dims):
         fn = None if provider == "compile" else factory()
         if fn is None:
             continue
-        fn(*case.args, **case.kwargs)  # a provider's caches (HF's rotary tables) filled before either count
-        counted = [modeled.count_phases(factory(), case, "bwd" in spec.modes, sample, spec.count_exact, None,
-                                        dtype=torch.bfloat16, outputs=spec.count_outputs,
-                                        values_steer_work=spec.values_steer_work, strata=spec.count_strata)
-                   for sample in (modeled.DEFAULT_SAMPLE, None)]
+        counted = [modeled.count_phases(fn, case, "bwd" in spec.modes, modeled.DEFAULT_SAMPLE, spec.count_exact,
+                                        None, dtype=torch.bfloat16, outputs=spec.count_outputs,
+                                        values_steer_work=spec.values_steer_work, strata=spec.count_strata)]
+        if not any(r.programs_run < r.programs for c in counted[0].values() for r in c.records):
+            continue  # nothing sampled (PyTorch code, small grids): the count is every program's already
+        counted.append(modeled.count_phases(factory(), case, "bwd" in spec.modes, None, spec.count_exact, None,
+                                            dtype=torch.bfloat16, outputs=spec.count_outputs,
+                                            values_steer_work=spec.values_steer_work, strata=spec.count_strata))
         for phase in counted[1]:
             sampled, exact = counted[0][phase], counted[1][phase]
             sampled_somewhere |= any(r.programs_run < r.programs for r in sampled.records)
