@@ -139,14 +139,22 @@ def test_sampled_counts_are_within_2_percent_of_every_program_counted(op, dims):
     assert sampled_somewhere  # the case is big enough to be sampled
 
 
-def test_one_mirrored_pair_counts_causal_attention():
-    """The sweep's time budget may stop a slow launch after its first pair (causal attention at 16k tokens): one
-    pair alone must count causal attention's triangle, forward and backward (a query block's work grows by one key
-    block a block, a key block's shrinks: a program and its mirror sum to the grid's mean)."""
+@pytest.mark.parametrize("dims", [SAMPLED[0][1], SAMPLED[1][1]], ids=["causal", "window"])
+def test_one_pair_a_stratum_counts_attention(dims):
+    """The sweep's time budget may stop a slow launch after one pair a stratum (attention at 16k tokens): that
+    alone must count attention exactly, ours and FLA's, forward and backward. Causal: a query block's walk grows by
+    one key block a block (a key block's shrinks), so a program and its mirror sum to twice the mean. Windowed: the
+    walks ramp up over the first window and then stay flat; the ramp and the plateau are strata, the ramp in order
+    of its walks, and one pair of each is exact."""
     spec = OPS["attention"]
-    case = spec.make_case(SAMPLED[0][1], torch.float16, rt.DEVICE, requires_grad=True)
-    pair, exact = (modeled.count_phases(spec.fn, case, True, sample, (), None) for sample in (2, None))
-    for phase in ("fwd", "bwd"):
-        assert any(r.programs_run == 2 < r.programs for r in pair[phase].records)
-        assert pair[phase].flops == pytest.approx(exact[phase].flops, rel=0.02), phase
-        assert pair[phase].bytes_read == pytest.approx(exact[phase].bytes_read, rel=0.02), phase
+    case = spec.make_case(dims, torch.float16, rt.DEVICE, requires_grad=True)
+    providers = {"ours": spec.fn, **({"fla": plan.all_specs()["attention"].peers["fla"]()} if dims["window"] else {})}
+    for provider, fn in providers.items():
+        if fn is None:
+            continue
+        pair, exact = (modeled.count_phases(fn, case, True, sample, (), None, strata=spec.count_strata)
+                       for sample in (2, None))
+        for phase in ("fwd", "bwd"):
+            assert any(r.programs_run < r.programs for r in pair[phase].records)
+            assert pair[phase].flops == pytest.approx(exact[phase].flops, rel=0.02), (provider, phase)
+            assert pair[phase].bytes_read == pytest.approx(exact[phase].bytes_read, rel=0.02), (provider, phase)
