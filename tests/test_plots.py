@@ -240,3 +240,23 @@ def test_summary_has_no_work_ratios_for_timed_rows():
     assert table.loc["ours", "geomean_speedup"] == pytest.approx(3.0)
     assert np.isnan(table.loc["ours", "flops_exec/useful"])
     assert np.isnan(geomean([0.0, -1.0, float("nan")]))
+
+
+def test_results_tables_give_every_verdict_with_the_model_error_beside_it():
+    """``triton-playground results``' sweep.md, from the committed sweep and validation: a row per op, mode and
+    provider other than ours at the headline size, each modeled one with the model's held-out error; the stamp
+    first."""
+    from pathlib import Path
+
+    from triton_playground import results
+
+    here = Path(__file__).resolve().parent.parent / "docs" / "results"
+    sweep = pd.read_csv(here / "sweep.csv", dtype={"params": str})
+    errors = results.model_errors(pd.read_csv(here / "validation.csv"))
+    head = results.headline(sweep, errors)
+    wanted = {(op, mode, p) for (op, mode, p), _ in sweep.groupby(["op", "mode", "provider"]) if p != "ours"}
+    assert set(zip(head["op"], head["mode"], head["versus"])) == wanted
+    assert head["speedup"].gt(0).all() and head["model error"].str.match(r"x\d\.\d\d").all()
+    assert head.loc[head["op"] == "moe", "model error"].str.endswith("(all ops)").sum() == 0  # validated: fused_moe
+    text = results.sweep_markdown(sweep, errors, "STAMP", [here / "sweep_moe.png"])
+    assert text.splitlines()[2] == "STAMP" and "![sweep_moe](sweep_moe.png)" in text

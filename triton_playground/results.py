@@ -31,8 +31,11 @@ VALIDATED_AS = {"layer_norm": ["layer_norm"], "rms_norm": ["fused_add_rms_norm",
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="triton-playground results", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="triton-playground results", description=(
+        "Every generated result of docs/results/ from one command: the sweep of every op against its peers (counted "
+        "and modeled on an H100 without a GPU), its figures and tables, the model's validation, and sweep.md (each "
+        "op's verdicts at its headline size with the model's error beside them), each stamped with the command, "
+        "commit, date and machine."))
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="the folder (default docs/results)")
     parser.add_argument("--full", action="store_true", help="sweep every case of each op (hours without a GPU)")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in OUT/sweep.csv")
