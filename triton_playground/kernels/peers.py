@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _runtime as rt
-from .spec import NotComparable
+from .spec import NotComparable, plateau_and_rest
 
 PINNED = {"liger-kernel": "0.8.5", "fla-core": "0.6.0"}
 
@@ -93,8 +93,7 @@ def _liger_tile_strata(grid, *, tile_row_start_ptr, tile_expert_ptr, expert_star
     ends = expert_start_ptr.numpy().astype(np.int64)[tile_expert_ptr.numpy().astype(np.int64) + 1]
     pid = np.arange(math.prod(grid))
     rows = np.minimum(ends - tile_row_start_ptr.numpy().astype(np.int64), BLOCK_M)[pid % grid[0]]
-    partial = pid[rows < BLOCK_M]
-    return [pid[rows == BLOCK_M], partial[np.argsort(rows[partial], kind="stable")]]  # partial: fewest rows first
+    return plateau_and_rest(pid, rows, top=BLOCK_M)
 
 
 def _liger_expert_strata(grid, *, expert_start_ptr, **_):

@@ -45,6 +45,17 @@ class BadInput:
     match: str
 
 
+def plateau_and_rest(pid, work, top=None) -> list:
+    """Two strata for ``OpSpec.count_strata``: the programs ``pid`` whose ``work`` is ``top`` (default: the most),
+    and the others in order of their work, so the counters' mirrored pairs match a light program with a heavy one
+    (exact where the work rises evenly: a ramp of attention's walks, partly filled blocks)."""
+    import numpy as np
+
+    top = work.max() if top is None else top
+    rest = pid[work != top]
+    return [pid[work == top], rest[np.argsort(work[work != top], kind="stable")]]
+
+
 def call(*args, **kwargs) -> Callable[[], Case]:
     """A :class:`BadInput`'s ``make``: the op called with exactly these arguments."""
     return lambda: Case(args, kwargs)

@@ -9,7 +9,7 @@ import torch
 
 from ... import _runtime as rt
 from ... import peers
-from ...spec import BadInput, Case, OpSpec, call
+from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
 from .api import attention
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
@@ -185,14 +185,11 @@ def _bad_inputs():
     return tuple(bad)
 
 
-# fp32: tf32x3 dots (~2^-21 a product, emulated on the CPU) and fp32 rounding grown over the reductions (~1e-6).
-# fp16: p and dS are rounded to fp16 (2^-11 relative) before their matmuls, as in FlashAttention.
 def _ramp_and_plateau(pid, block, M, N, W, resident_rows, streamed_rows, resident="queries"):
     """Causal windowed attention's programs (``block``: each one's resident block) for the counters
     (``OpSpec.count_strata``): the blocks a program streams (key blocks for a query block, as ``blocks.key_range``
     bounds them; query blocks for a key block in dK/dV) ramp up over the first window (down over the last, in
-    dK/dV), then stay flat. Two strata: the programs at the most, and the others in order of their count, so each
-    mirrored pair balances a short walk with a long one."""
+    dK/dV), then stay flat: the plateau, and the ramp in order of its walks (``plateau_and_rest``)."""
     import numpy as np
 
     offset = N - M  # query row i sits at key position offset + i (bottom-right aligned)
@@ -202,9 +199,7 @@ def _ramp_and_plateau(pid, block, M, N, W, resident_rows, streamed_rows, residen
     else:  # its keys j are seen by the queries i with offset + i in [j, j + W)
         first, last = block * resident_rows - offset, np.minimum((block + 1) * resident_rows, N) - 1 - offset
         count = -(-np.clip(last + W, 0, M) // streamed_rows) - np.clip(first, 0, M) // streamed_rows
-    top = count == count.max()
-    rest = pid[~top]
-    return [pid[top], rest[np.argsort(count[~top], kind="stable")]]
+    return plateau_and_rest(pid, count)
 
 
 def _strata(resident):
@@ -241,6 +236,8 @@ COUNT_STRATA = {"attn_fwd": _strata("queries"), "attn_bwd_dq": _strata("queries"
                 "parallel_attn_bwd_kernel_dkv": _fla_strata("keys")}
 
 
+# fp32: tf32x3 dots (~2^-21 a product, emulated on the CPU) and fp32 rounding grown over the reductions (~1e-6).
+# fp16: p and dS are rounded to fp16 (2^-11 relative) before their matmuls, as in FlashAttention.
 ATTENTION = OpSpec(
     name="attention",
     fn=attention,

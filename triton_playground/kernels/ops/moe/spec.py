@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ... import peers
-from ...spec import BadInput, Case, OpSpec, call
+from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
 from .api import moe
 from .kernel import moe_router
 from .kernel_bwd import moe_down_bwd, moe_weight_grad
@@ -188,8 +188,8 @@ def _block_strata(grid, *, Offsets, Counts, n_experts, n_blocks, BLOCK_M, GROUP_
     """The grouped GEMMs' programs (``moe_gate_up``, ``moe_down``, ``moe_down_bwd``) by how many rows of their
     M-block are real, for the counters (``OpSpec.count_strata``): full blocks; partly filled ones (each expert's
     last, in order of their real rows); and blocks past the last expert, which return at once (the grid is sized
-    from the shapes alone: a bound). Which is which depends on the routing, so the counters sample each kind apart. The program ->
-    block map is ``_block_of_expert``'s (``kernels/common/tiling.grouped_tile``), vectorised."""
+    from the shapes alone: a bound). Which is which depends on the routing, so the counters sample each kind apart.
+    The program -> block map is ``_block_of_expert``'s (``kernels/common/tiling.grouped_tile``), vectorised."""
     import numpy as np
 
     pid = np.arange(grid[0])
@@ -202,9 +202,8 @@ def _block_strata(grid, *, Offsets, Counts, n_experts, n_blocks, BLOCK_M, GROUP_
     live = expert < n_experts
     expert = np.minimum(expert, n_experts - 1)
     real = np.where(live, np.clip(offsets[expert] + counts[expert] - row0, 0, BLOCK_M), 0)
-    partial = pid[(real > 0) & (real < BLOCK_M)]
-    # by their rows: the counters' mirrored pairs then match a nearly empty block with a nearly full one
-    return [pid[real == BLOCK_M], partial[np.argsort(real[partial], kind="stable")], pid[real == 0]]
+    # the partly filled in order of their rows: a mirrored pair matches a nearly empty block with a nearly full one
+    return [*plateau_and_rest(pid[live], real[live], top=BLOCK_M), pid[~live]]
 
 
 MOE = OpSpec(
