@@ -58,11 +58,12 @@ def table(df: pd.DataFrame, formats: dict | None = None) -> list[str]:
 
 def model_errors(validation: pd.DataFrame) -> dict:
     """(our op or "all", mode) -> the geometric-mean error of the held-out validation rows behind it."""
+    from triton_playground.validation.run import error
+
     held = validation[(validation["half"] == "held-out") & validation["ratio"].notna()]
 
     def geomean_error(rows) -> float:
-        logs = [abs(math.log(r)) for r in rows["ratio"] if r > 0]
-        return math.exp(sum(logs) / len(logs)) if logs else float("nan")
+        return error(rows["ratio"])[0]  # the validation's own measure (run.summary's geomean_error)
 
     out = {("all", "all"): geomean_error(held)}
     for mode in held["mode"].unique():

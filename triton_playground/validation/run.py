@@ -182,7 +182,7 @@ def table(df: pd.DataFrame, counts: dict, c: gpu.Constants = gpu.CONSTANTS,
     return pd.DataFrame(out)
 
 
-def _error(ratios) -> tuple[float, float]:
+def error(ratios) -> tuple[float, float]:
     """(geometric-mean error, worst error), an error being max(r, 1/r) of a ratio r."""
     errors = np.exp(np.abs(np.log(np.asarray(ratios, dtype=float))))
     return (float(np.exp(np.mean(np.log(errors)))), float(errors.max())) if len(errors) else (math.nan, math.nan)
@@ -215,13 +215,13 @@ def summary(t: pd.DataFrame) -> pd.DataFrame:
             small, host_bound = h["small"].astype(bool), h["host_bound"].astype(bool)
             big = h[~small & ~host_bound]
             host = h[host_bound]
-            gm, worst = _error(h["ratio"])
-            gm_big, worst_big = _error(big["ratio"])
+            gm, worst = error(h["ratio"])
+            gm_big, worst_big = error(big["ratio"])
             right, pairs = ranking(h)
             out.append({"op": op, "mode": mode, "half": half, "rows": len(h), "geomean_error": gm,
                         "worst_error": worst, "rows_ge_20us": len(big), "geomean_error_ge_20us": gm_big,
                         "worst_error_ge_20us": worst_big, "host_bound_rows": len(host),
-                        "worst_error_host_bound": _error(host["ratio"])[1],
+                        "worst_error_host_bound": error(host["ratio"])[1],
                         "ranking_right": right, "ranking_pairs": pairs})
     return pd.DataFrame(out)
 
