@@ -4,7 +4,8 @@ computes, either to match a GPU where the interpreter does not, or to spend less
 * :func:`interpret_triton_language`: triton.language's own helpers interpretable when triton came first;
 * :func:`emulate_tf32_dots`: ``tl.dot`` rounds fp32 operands to TF32 as an H100's tensor cores do;
 * :func:`bind_language_once_a_launch`: the language is bound to the interpreter once a launch, not once a call;
-* :func:`memoize_types`: the interpreter's types are built once each, not once an operation.
+* :func:`memoize_types`: the interpreter's types are built once each, not once an operation;
+* :func:`reduce_xor_in_numpy`: ``tl.xor_sum`` (sorting's bitonic merge) in numpy, not an element at a time.
 
 ``kernels/_runtime.py`` applies them when it picks the interpreter; a GPU or a compile-only process never sees
 them.
@@ -190,8 +191,30 @@ def memoize_types() -> None:
     core.tensor.__init__ = tensor_init
 
 
+def reduce_xor_in_numpy() -> None:
+    """``tl.xor_sum`` (the bitonic merge of ``tl.sort`` / ``tl.topk``, in Liger's MoE router, say) is a reduction the
+    interpreter knows no numpy twin of: it calls the interpreted combine function once an element, a second of
+    Python per 1k-element sort step. Its numpy twin is ``np.bitwise_xor.reduce``, the same integers exactly (xor is
+    associative and commutative: any order gives the same bits)."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as interp
+
+    apply_impl = interp.ReduceOps.apply_impl
+
+    def reduce(self, input):
+        if self.combine_fn == tl.standard._xor_combine:
+            data = input[0].handle.data
+            out = np.bitwise_xor.reduce(data, axis=self.axis, keepdims=self.keep_dims)
+            return self.to_tensor(out, input[0].dtype)
+        return apply_impl(self, input)
+
+    interp.ReduceOps.apply_impl = reduce
+
+
 def install() -> None:
     """Everything above but :func:`interpret_triton_language` (which ``_runtime`` calls first, when needed)."""
     emulate_tf32_dots()
     bind_language_once_a_launch()
     memoize_types()
+    reduce_xor_in_numpy()
