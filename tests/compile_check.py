@@ -1,18 +1,20 @@
-"""Compile the kernels of every op for an H100 (sm_90), under every config, in bf16 and fp32, without a GPU.
+"""Compile the kernels of every op for an H100 (sm_90) in fp32, at a shape no tile divides, without a GPU.
 
 The interpreter accepts code the compiler rejects (a variable bound in one branch of a runtime ``if``, a dot
-tile under 16, shared memory past the chip's limit). This drives each op's wrappers, forward and backward, in
-bf16 and fp32 on its ``config_dims`` case (a shape no tile divides), with ``KERNELS_COMPILE_ONLY=1``: each launch
-compiles the kernel through Triton's real pipeline down to a cubin (ptxas ships with Triton) against a stand-in
-driver, and runs nothing. Outputs are therefore garbage; only compilation is checked.
+tile under 16, shared memory past the chip's limit). This drives each op's wrappers, forward and backward, in fp32
+on its ``config_dims`` case (a shape no tile divides: every load and store masked), with
+``KERNELS_COMPILE_ONLY=1``: each launch compiles the kernel through Triton's real pipeline down to a cubin (ptxas
+ships with Triton) against a stand-in driver, and runs nothing. Outputs are therefore garbage; only compilation
+is checked.
 
-Run ``i`` forces config ``i`` of every kernel of the op (its last where it has fewer). In fp32, what compiles is
-what the report compiles (``kernels/report/collect.py``): every launch whose config the kernel's prune rule keeps
-for that launch's arguments (the autotuner may run it there), and each (kernel, config) once at least, at its
-first launch, where the rule drops it everywhere (fp32's 128x256 GEMM tiles, which spill; TMA configs, whose
-descriptors no odd shape fits): a config that can never run there is compiled once, not at every launch. In bf16
-each (kernel, config) compiles at its first launch: ``tests/test_report.py`` compiles every bf16 launch the
-autotuner may pick, at the sweep's shapes, where the TMA configs run too.
+Run ``i`` forces config ``i`` of every kernel of the op (its last where it has fewer). What compiles is what the
+autotuner may run at this shape: every launch whose config the kernel's prune rule keeps for that launch's
+arguments. The rest is compiled elsewhere, once: ``tests/test_report.py`` compiles every (kernel, config) in bf16,
+the sweep's dtype, at the sweep's shapes (each config at least once, and every launch the autotuner may pick
+there) and checks each compiles, fits an H100's shared memory and, where it may be picked, does not spill. So
+each (kernel, config) is compiled for sm_90, and each fp32 launch the autotuner may run at an odd shape too; an
+fp32 config the rule drops (fp32's 128x256 GEMM tiles, which spill; TMA configs, whose descriptors no odd shape
+fits) would never run there, and is not compiled there.
 
     python -m tests.compile_check [OP ...]        (a fresh process: it must set the environment first)
 """
@@ -42,43 +44,38 @@ def _lowp(case: Case, dtype) -> Case:
     return Case(tuple(cast(a) for a in case.args), {k: cast(v) for k, v in case.kwargs.items()})
 
 
+def _may_run(launch) -> bool:
+    """Whether the autotuner may run this launch's config: the kernel's prune rule keeps it for its arguments."""
+    return launch.config in launch.kept
+
+
 def check(names) -> tuple[list[str], int]:
     """(the failures, the number of launches compiled)."""
     failures, compiled = [], 0
     for name in names:
         spec = kernels.OPS[name]
         tuned = collect.op_kernels(spec)  # every autotuned kernel of the op's package: each launch is decided
-        for dtype in (torch.bfloat16, torch.float32):
-            once: set = set()  # (kernel, config) compiled where the prune rule drops it
-
-            def wanted(launch, fp32=dtype == torch.float32) -> bool:
-                key = (launch.kernel.name, launch.config)
-                if (fp32 and launch.config in launch.kept) or key not in once:
-                    once.add(key)
-                    return True
-                return False
-
-            for index in range(max(len(k.configs) for k in tuned)):
-                case = _lowp(spec.make_case(spec.config_dims, torch.float64, "cpu",
-                                            requires_grad="bwd" in spec.modes), dtype)
-                label, before = f"{name} config {index} {dtype}", len(failures)
-                try:
-                    with rt.force_configs(tuned, index), collect.recording(tuned, compile=wanted) as launches:
-                        collect.run_case(spec, case)
-                except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
-                    failures.append(f"{label}: {type(e).__name__}: {e}")
-                for launch in launches:
-                    config = f"{launch.kernel.name} {launch.kernel.configs[launch.config]} [{launch.variant}]"
-                    if launch.error:
-                        failures.append(f"{label}: {config}: {launch.error}")
-                    elif launch.compiled is not None:
-                        compiled += 1
-                        shared = launch.compiled.metadata.shared
-                        if shared > rt.H100_SHARED_MEMORY:
-                            failures.append(f"{label}: {config} needs {shared} bytes of shared memory; an H100 "
-                                            f"program has {rt.H100_SHARED_MEMORY}")
-                for failure in failures[before:]:
-                    print("FAIL", failure.splitlines()[0], flush=True)
+        for index in range(max(len(k.configs) for k in tuned)):
+            case = _lowp(spec.make_case(spec.config_dims, torch.float64, "cpu",
+                                        requires_grad="bwd" in spec.modes), torch.float32)
+            label, before = f"{name} config {index} fp32", len(failures)
+            try:
+                with rt.force_configs(tuned, index), collect.recording(tuned, compile=_may_run) as launches:
+                    collect.run_case(spec, case)
+            except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
+                failures.append(f"{label}: {type(e).__name__}: {e}")
+            for launch in launches:
+                config = f"{launch.kernel.name} {launch.kernel.configs[launch.config]} [{launch.variant}]"
+                if launch.error:
+                    failures.append(f"{label}: {config}: {launch.error}")
+                elif launch.compiled is not None:
+                    compiled += 1
+                    shared = launch.compiled.metadata.shared
+                    if shared > rt.H100_SHARED_MEMORY:
+                        failures.append(f"{label}: {config} needs {shared} bytes of shared memory; an H100 "
+                                        f"program has {rt.H100_SHARED_MEMORY}")
+            for failure in failures[before:]:
+                print("FAIL", failure.splitlines()[0], flush=True)
         print(f"{name}: compiled", flush=True)
     return failures, compiled
 

@@ -1,4 +1,5 @@
-"""Every kernel compiles for an H100 (sm_90) under every config, in bf16 and fp32 — checked without a GPU.
+"""Every kernel compiles for an H100 (sm_90), checked without a GPU: here in fp32 at a shape no tile divides,
+every launch the autotuner may run there; ``tests/test_report.py`` in bf16 at the sweep's shapes, every config.
 
 Runs ``tests/compile_check.py`` in a fresh process (it needs the compiler backend, not the interpreter). On a
 GPU the real suite compiles everything anyway, so this runs only where there is none.

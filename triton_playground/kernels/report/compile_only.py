@@ -66,4 +66,11 @@ def install(arch: int = 90, *, force: bool = False) -> bool:
         if 10 * major + minor == arch:
             return False
     driver.set_active(StandInDriver(arch))
+    # Nothing compiled here ever runs, so no source lines for a profiler: LLVM and ptxas make the same code
+    # without them (debug info never steers code generation), in 14% less time. Checked on the MLP's 126 report
+    # rows: every column the same but the hash (the setting is part of Triton's cache key, so no cached kernel of
+    # the other kind is ever picked up).
+    from triton import knobs
+
+    knobs.compilation.disable_line_info = True
     return True
