@@ -74,7 +74,7 @@ def ref_side(name: str, repo: Path, ref: str, cache: Path) -> Side:
         tree.parent.mkdir(parents=True, exist_ok=True)
         git(repo, "worktree", "prune")
         git(repo, "worktree", "add", "--detach", "--force", str(tree), sha)
-    return Side(name, f"{ref} ({sha[:7]})", tree, sha)
+    return Side(name, ref if sha.startswith(ref) else f"{ref} ({sha[:7]})", tree, sha)
 
 
 def working_side(name: str, repo: Path) -> Side:
@@ -149,7 +149,7 @@ def compare_sweeps(base_csv: Path, head_csv: Path):
     def read(path):
         df = pd.read_csv(path, dtype={"params": str})
         df = df[df["provider"] == "ours"]
-        failed = df["error"].fillna("").astype(str) != ""
+        failed = df["error"].notna() & (df["error"].astype(str) != "")
         df.loc[failed, SWEEP_COLS] = float("nan")
         return df[SWEEP_KEY + SWEEP_COLS + ["error"]]
 
