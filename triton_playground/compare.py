@@ -106,13 +106,17 @@ def run_step(side: Side, argv: list[str], out: Path, env: dict) -> Path:
     return out
 
 
+def _sweep_args(args) -> list[str]:
+    """The sweep's options for the cases compared (the same on both sides, counted or timed)."""
+    chosen = [f for flag, v in (("--max-seqlen", args.max_seqlen), ("--modes", args.modes),
+                                ("--dtypes", args.dtypes)) if v for f in (flag, str(v))]
+    return ["--providers", "ours", *chosen] + (["--full"] if args.full else [])
+
+
 def side_results(side: Side, args, cache: Path) -> dict:
     """{"sweep": CSV, "report": CSV} of one side (each None when not asked for)."""
     ops = args.ops or ["all"]
-    sweep_args = ["--providers", "ours", "--sample", str(args.sample)]
-    sweep_args += [f for flag, v in (("--max-seqlen", args.max_seqlen), ("--modes", args.modes),
-                                     ("--dtypes", args.dtypes)) if v for f in (flag, str(v))]
-    sweep_args += ["--full"] if args.full else []
+    sweep_args = _sweep_args(args) + ["--sample", str(args.sample)]
     report_ops = [o for o in ops if not o.startswith("model_")]
     tag = hashlib.sha256(repr((CACHE_VERSION, ops, sweep_args)).encode()).hexdigest()[:12]
     run_dir = cache / "runs" / f"{side.key}-{tag}"
@@ -278,10 +282,10 @@ def gpu_timings(sides, args, run_dirs) -> dict:
     for r in range(args.rounds):
         for side in sides:
             out = run_dirs[side.name] / f"gpu{r}.csv"
-            out.unlink(missing_ok=True)
-            ops = args.ops or ["all"]
-            run_step(side, ["-m", "triton_playground.sweeps", *ops, "--providers", "ours", "--out", "{out}"]
-                     + (["--max-seqlen", str(args.max_seqlen)] if args.max_seqlen else []), out, {})
+            for stale in (out, out.with_name(out.name + ".partial")):  # a sweep would resume from them
+                stale.unlink(missing_ok=True)
+            run_step(side, ["-m", "triton_playground.sweeps", *(args.ops or ["all"]), "--out", "{out}",
+                            *_sweep_args(args)], out, {})
             frames[side.name].append(pd.read_csv(out, dtype={"params": str}))
     result = {}
     for name, dfs in frames.items():
