@@ -298,9 +298,12 @@ def gpu_timings(sides, args, run_dirs) -> dict:
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="triton-playground compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base", help="git ref of the base side")
+    p = argparse.ArgumentParser(prog="triton-playground compare",
+                                usage="%(prog)s BASE [HEAD] [OP ...] [--fail-on-regression PCT] [options]",
+                                description="A/B of two commits (HEAD left out: the working tree): each side's "
+                                            "counted sweep and sm_90 report, base, head and head/base. "
+                                            "docs/compare.md")
+    p.add_argument("base", metavar="BASE", help="git ref of the base side")
     p.add_argument("rest", nargs="*", metavar="[HEAD] [OP ...]",
                    help="the head's git ref (default: the working tree, uncommitted changes included), then op "
                         "names as the sweep takes them (default: all)")
