@@ -21,6 +21,8 @@ COMMANDS = {
                  "the H100 model against published H100 measurements (Liger-Kernel's): errors, held out"),
     "results": ("triton_playground.results", "every generated result of docs/results/: the sweep, its figures and "
                 "tables, the validation"),
+    "compare": ("triton_playground.compare", "A/B of two commits (or a commit and the working tree): counted work, "
+                "modeled time and the sm_90 report, base vs head; --fail-on-regression PCT gates"),
 }
 
 
