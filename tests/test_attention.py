@@ -16,7 +16,7 @@ import torch
 
 from triton_playground.kernels import _runtime as rt
 from triton_playground.kernels import force_config
-from triton_playground.kernels.ops.attention.api import SPLIT_ALIGN, _Attention, _split_plan, attention
+from triton_playground.kernels.ops.attention.api import SPLIT_ALIGN, _forward, _split_plan, attention
 from triton_playground.kernels.ops.attention.kernel import MAX_BLOCK, attn_fwd
 from triton_playground.kernels.ops.attention.kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
 from triton_playground.kernels.ops.attention.reference import attention_reference, attention_varlen_reference, visible_mask
@@ -142,11 +142,11 @@ def test_gqa_gradients_sum_over_the_group(hq, hk, window):
 def test_decode_row_against_long_cache(window):
     """q_len = 1 against 700 cached keys, forward and backward, with the split-KV path forced on and off."""
     q, k, v = _qkv(1, 4, 2, 1, 700, 32, requires_grad=True)
-    whole = _Attention.apply(q, k, v, True, window, 32**-0.5, 1)
+    whole = _forward(q, k, v, True, window, 32**-0.5, 1)[0]
     ref, _ = _ref64(q, k, v, window=window)
     assert rel_err(whole, ref) < 1e-5
     for splits in (2, 5):  # some chunks of a windowed row are empty: the combine must weigh them 0
-        split = _Attention.apply(q, k, v, True, window, 32**-0.5, splits)
+        split = _forward(q, k, v, True, window, 32**-0.5, splits)[0]
         assert rel_err(split, whole) < 1e-6, splits
     _check_fwd_bwd(q, k, v, window=window)  # the automatic plan (it splits here: 8 programs < 2 waves)
 
@@ -316,11 +316,11 @@ def test_split_kv_path_compiles_for_h100():
     code = (
         "import tests.compile_check, torch\n"
         "from triton_playground.kernels import _runtime as rt\n"
-        "from triton_playground.kernels.ops.attention.api import _Attention\n"
+        "from triton_playground.kernels.ops.attention.api import _forward\n"
         "for dt in (torch.bfloat16, torch.float32):\n"
         "    q = torch.randn(1, 2, 1, 80, dtype=dt)\n"
         "    k = torch.randn(1, 1, 1000, 80, dtype=dt)\n"
-        "    _Attention.apply(q, k, k, True, 300, 0.1, 4)\n"
+        "    _forward(q, k, k, True, 300, 0.1, 4)\n"
         "print('ok', rt.compiled)\n"
     )
     root = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import torch
 from triton_playground import kernels
 from triton_playground import models
 from triton_playground.kernels import _runtime as rt
-from triton_playground.kernels.library import IMPLEMENTATIONS
+from triton_playground.kernels._custom_op import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
 OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",

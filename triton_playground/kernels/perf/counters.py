@@ -53,6 +53,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .. import _runtime as _rt
+
 __all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
 
 
@@ -548,6 +550,19 @@ def _aten_launches(func, args, kwargs, out) -> list[Launch]:
     return launches
 
 
+@contextlib.contextmanager
+def _as_eager():
+    """Run a custom op's implementation as eager code runs (no graph recorded): the op is dispatched below
+    autograd, where composite ops (``reshape``, a ``to`` that changes nothing) reach the counter undecomposed, as
+    host events eager code never makes; with the autograd keys back they decompose as they do outside an op."""
+    keys = torch._C.DispatchKey
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradFunctionality, keys.AutogradOther, keys.AutogradNestedTensor, keys.ADInplaceOrView):
+        excluded = excluded.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded), torch.no_grad():
+        yield
+
+
 def _dispatch_mode(counter: Counter):
     """The aten counter of one ``count()`` block: it records into that block's counter only (a nested block's
     mode sees each op too, as the op passes down the stack of modes, and records it into its own)."""
@@ -555,14 +570,14 @@ def _dispatch_mode(counter: Counter):
 
     _register_cpu_sdpa_flops()
 
-    from ..library import IMPLEMENTATIONS
+    from .._custom_op import IMPLEMENTATIONS
 
     class _CountAten(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             implementation = IMPLEMENTATIONS.get(func._schema.name)
-            if implementation is not None:  # our custom op (kernels/library.py): count what it runs, not it
-                with self:
+            if implementation is not None:  # our custom op (an op folder's api.py): count what it runs, not it
+                with self, _as_eager():
                     return implementation(*args, **kwargs)
             out = func(*args, **kwargs)
             # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
@@ -599,6 +614,9 @@ def uncounted():
         yield
     finally:
         _launch[0] = outer
+
+
+_rt._uncounted[0] = uncounted  # the runtime's hook (rt.uncounted: the tests' fill, placeholders, peers' tables)
 
 
 @contextlib.contextmanager

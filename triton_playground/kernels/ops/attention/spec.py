@@ -8,7 +8,7 @@ import functools
 import torch
 
 from ... import _runtime as rt
-from ... import peers
+from . import peers
 from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
 from .api import attention
 from .kernel import attn_fwd
