@@ -35,6 +35,7 @@ FLOORS = [  # (floor, patterns relative to triton_playground/), first match wins
          "kernels/common/*", "kernels/ops/__init__.py"]),
     (1, ["kernels/ops/*/kernel*.py", "kernels/ops/*/blocks.py"]),
     (2, ["kernels/ops/*/api.py", "kernels/ops/*/varlen.py", "kernels/ops/*/dispatch.py", "kernels/ops/*/reference.py",
+         "kernels/ops/*/torch_peers.py", "kernels/ops/*/strata.py",
          "kernels/ops/*/peers.py", "kernels/ops/*/__init__.py"]),
     (3, ["kernels/ops/*/spec.py", "kernels/registry.py"]),
     (4, ["kernels/perf/*"]),
