@@ -29,27 +29,14 @@ if not GPU and "TRITON_INTERPRET" not in os.environ:
 
 import triton  # noqa: E402  (must come after TRITON_INTERPRET is settled)
 
-
-def _interpret_triton_language() -> None:
-    """Make triton.language's own ``@triton.jit`` helpers (tl.sum's combine function, tl.cdiv, ...) interpretable
-    when triton was imported before the interpreter was chosen (``import transformers`` first): they were built
-    as compiled functions then, and a compiled function cannot be called from an interpreted kernel. Each becomes
-    the interpreted function the decorator would have made, over the same Python source."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith("triton.language"):
-            continue
-        for attr, value in list(vars(module).items()):
-            if isinstance(value, JITFunction):
-                setattr(module, attr, InterpretedFunction(value.fn, do_not_specialize=value.do_not_specialize))
-
+from . import _interpreter  # noqa: E402
 
 if _TRITON_CAME_FIRST and not GPU and os.environ.get("TRITON_INTERPRET") == "1":
-    _interpret_triton_language()
+    _interpreter.interpret_triton_language()
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if INTERPRET:
+    _interpreter.install()  # its fixes and fast paths (kernels/_interpreter.py)
 # Compile-only mode (tests/compile_check.py): no GPU, no interpreter; every launch compiles the kernel for an
 # H100 (sm_90) and checks its shared memory, but runs nothing. Catches what the interpreter lets through.
 COMPILE_ONLY = os.environ.get("KERNELS_COMPILE_ONLY") == "1"
@@ -78,90 +65,6 @@ def _descriptor_scratch(size: int, alignment: int, stream):
 
 if GPU and not INTERPRET and not COMPILE_ONLY:
     triton.set_allocator(_descriptor_scratch)
-
-
-def _tf32(x, round_to_nearest: bool):
-    """fp32 array -> the TF32 values an H100's tensor cores see: the top 10 mantissa bits, rounded to nearest
-    (ties away, ``cvt.rna.tf32.f32``) or truncated (what the MMA does with the remaining bits of an fp32 operand).
-    Infinities and NaNs pass unchanged."""
-    import numpy as np
-
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    if round_to_nearest:
-        bits = bits + np.uint32(0x1000)
-    out = (bits & np.uint32(0xFFFFE000)).view(np.float32)
-    return np.where(np.isfinite(x), out, x)
-
-
-def _emulate_tf32_dots():
-    """The interpreter's ``tl.dot`` multiplies fp32 operands in full fp32 whatever ``input_precision`` says; on a
-    GPU "tf32" truncates them to TF32 and "tf32x3" (``kernels/common/precision.py``) adds the products of the
-    TF32 remainders, as Triton's F32DotTC pass lowers it: ``hi = rna(a)``, ``lo = a - hi`` (truncated by the
-    MMA), ``hi_a·lo_b + lo_a·hi_b + hi_a·hi_b``. Emulated here, so CPU tests check what a GPU computes."""
-    import numpy as np
-    from triton.runtime import interpreter as interp
-
-    dot = interp.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        mode = str(input_precision).rsplit(".", 1)[-1]
-        if mode in ("TF32", "TF32x3") and a.dtype.scalar.name == "fp32" and b.dtype.scalar.name == "fp32":
-            ad, bd, acc = a.data, b.data, d.data
-            if mode == "TF32":
-                acc = acc + np.matmul(_tf32(ad, False), _tf32(bd, False), dtype=np.float32)
-            else:
-                a_hi, b_hi = _tf32(ad, True), _tf32(bd, True)
-                a_lo, b_lo = _tf32(ad - a_hi, False), _tf32(bd - b_hi, False)
-                acc = acc + (np.matmul(a_hi, b_lo, dtype=np.float32) + np.matmul(a_lo, b_hi, dtype=np.float32))
-                acc = acc + np.matmul(a_hi, b_hi, dtype=np.float32)
-            return interp.TensorHandle(acc.astype(np.float32), d.dtype.scalar)
-        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
-
-    interp.InterpreterBuilder.create_dot = create_dot
-
-
-def _patch_language_once_a_launch():
-    """The interpreter binds ``triton.language`` to itself at each launch (``_patch_lang``: every builtin of four
-    modules, found by ``inspect.getmembers``, about a millisecond) and again at every call of a ``@triton.jit``
-    helper inside it, though the launch's binding is still in place: a quarter of an interpreted attention's time
-    went there. A helper now binds only language modules the running launch has not (the launch's own binding is
-    undone when it ends, as before; a helper's never was)."""
-    import inspect
-
-    import triton.language as tl
-    from triton.runtime import interpreter as interp
-
-    bind = interp._patch_lang
-    bound: list[set] = []  # per running launch: the ids of the language modules it has bound
-
-    def languages(fn) -> set:
-        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and (v is tl or v is tl.core)}
-
-    class _Launch:
-        def __init__(self, scope):
-            self.scope = scope
-
-        def restore(self):
-            self.scope.restore()
-            bound.pop()
-
-    def patch_lang(fn):
-        mine = languages(fn)
-        if not bound:  # a launch (GridExecutor, or the counters' sampled grid): it restores its scope at its end
-            scope = _Launch(bind(fn))
-            bound.append(mine)
-            return scope
-        if not mine <= bound[-1]:  # a helper seeing a language module the launch did not bind
-            bound[-1] |= mine
-            return bind(fn)
-        return _Launch.__new__(_Launch)  # already bound: nothing to do (a helper's scope is never restored)
-
-    interp._patch_lang = patch_lang
-
-
-if INTERPRET:
-    _emulate_tf32_dots()
-    _patch_language_once_a_launch()
 
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
