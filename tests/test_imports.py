@@ -4,9 +4,10 @@ above its own; and no file over 400 lines.
 The floors, from the bottom (a module may import modules of its own floor or below, never above; the first
 pattern a file matches gives its floor):
 
-0. the runtime and what every op shares: ``kernels/_runtime.py`` (backend, tuning, checks), ``kernels/spec.py``
-   (the OpSpec type), ``kernels/_custom_op.py`` (the custom-op registration), ``kernels/peer_libs.py`` (the peer
-   libraries' import guard), ``kernels/common/`` (shared ``@triton.jit`` helpers);
+0. the runtime and what every op shares: ``kernels/_runtime.py`` (backend, tuning, checks),
+   ``kernels/_interpreter.py`` (the Triton interpreter's fixes and fast paths; it imports only Triton and NumPy),
+   ``kernels/spec.py`` (the OpSpec type), ``kernels/_custom_op.py`` (the custom-op registration),
+   ``kernels/peer_libs.py`` (the peer libraries' import guard), ``kernels/common/`` (shared ``@triton.jit`` helpers);
 1. an op's kernels: ``ops/<op>/kernel*.py``, ``blocks.py``;
 2. an op's public function and custom ops (``api.py``, and ``varlen.py`` / ``dispatch.py`` where an op splits
    them), its reference (which shares the op's argument checks), its peers' adapters (``peers.py``), its package;
@@ -31,8 +32,8 @@ PACKAGE = ROOT / "triton_playground"
 MAX_LINES = 400
 
 FLOORS = [  # (floor, patterns relative to triton_playground/), first match wins
-    (0, ["kernels/_runtime.py", "kernels/spec.py", "kernels/_custom_op.py", "kernels/peer_libs.py",
-         "kernels/common/*", "kernels/ops/__init__.py"]),
+    (0, ["kernels/_runtime.py", "kernels/_interpreter.py", "kernels/spec.py", "kernels/_custom_op.py",
+         "kernels/peer_libs.py", "kernels/common/*", "kernels/ops/__init__.py"]),
     (1, ["kernels/ops/*/kernel*.py", "kernels/ops/*/blocks.py"]),
     (2, ["kernels/ops/*/api.py", "kernels/ops/*/varlen.py", "kernels/ops/*/dispatch.py", "kernels/ops/*/reference.py",
          "kernels/ops/*/torch_peers.py", "kernels/ops/*/strata.py",
