@@ -48,11 +48,13 @@ def _forward(x, weight, bias, eps, rms):
 
 
 def _backward(dy, x, weight, bias, mean, rstd, rms, need_w, need_b):
-    """(dx, dw, db), dw / db None where not needed. ``mean`` is rstd under RMSNorm (the kernel reads none)."""
+    """(dx, dw, db), dw / db None where not needed. ``mean`` is None under RMSNorm: the kernel reads none, and dx
+    stands for its pointer (x's dtype, as y does in the forward: the same compiled kernel as before custom ops)."""
     x2, dy2 = _as_rows(x), _as_rows(dy)
     n_rows, n = x2.shape
     dx = rt.empty(x.shape, x.dtype, x.device)
     dx2 = dx.view(-1, n)
+    mean = dx2 if rms else mean  # dx2: unused placeholder
     # One program per SM: each partial row costs a write and a read of n fp32, so fewer programs than the
     # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
     # path accumulates into its partial rows, which must then start at zero.
@@ -126,9 +128,8 @@ def _norm_bwd_fake(dy, x, weight, bias, mean, rstd, grads):
 @custom_op("norm_backward", _norm_bwd_fake)
 def _norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                       mean: Optional[Tensor], rstd: Tensor, grads: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    """``mean`` None: RMSNorm (the kernel reads no mean then; rstd stands in for the pointer)."""
-    rms = mean is None
-    dx, dw, db = _backward(dy, x, weight, bias, rstd if rms else mean, rstd, rms, grads[1], grads[2])
+    """``mean`` None: RMSNorm (the kernel reads no mean then)."""
+    dx, dw, db = _backward(dy, x, weight, bias, mean, rstd, mean is None, grads[1], grads[2])
     return dx, or_placeholder(dw, x), or_placeholder(db, x)
 
 
