@@ -1,7 +1,8 @@
-"""The ops as ``torch.library`` custom ops (``kernels/library.py``): ``opcheck`` on every op (forward and backward
-ops, fp32 on the kernels' device), the public functions equal to the api.py ones they wrap (outputs, gradients,
-errors, signatures), ``kernels.count`` unchanged by the wrapping, and ``torch.compile(fullgraph=True)`` through
-the ops (a training step) and through each model family's forward.
+"""The ops as ``torch.library`` custom ops (each op folder's ``api.py`` registers its own with
+``kernels/_custom_op.py``): ``opcheck`` on every op (forward and backward ops, fp32 on the kernels' device), the
+public functions equal to their specs' api.py functions (outputs, gradients, errors, signatures), ``kernels.count``
+counting the kernels an op launches (not the op), and ``torch.compile(fullgraph=True)`` through the ops (a
+training step) and through each model family's forward.
 
 The models compile with torch.compile's default backend, Inductor (on the CPU it generates C++ around our ops,
 which it calls as opaque nodes): the real path, 10-40 s a model here (tiny configs; less with a warm Inductor
@@ -18,7 +19,7 @@ import torch
 from triton_playground import kernels
 from triton_playground import models
 from triton_playground.kernels import _runtime as rt
-from triton_playground.kernels.library import IMPLEMENTATIONS
+from triton_playground.kernels._custom_op import IMPLEMENTATIONS
 
 DEV = rt.DEVICE
 OPS = ("attention", "attention_backward", "attention_varlen", "attention_varlen_backward", "layer_norm", "rms_norm",

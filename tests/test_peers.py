@@ -1,4 +1,4 @@
-"""The Triton peers (kernels/peers.py: Liger-Kernel, flash-linear-attention) compute our ops under the
+"""The Triton peers (each op folder's peers.py: Liger-Kernel, flash-linear-attention) compute our ops under the
 interpreter, the sweep refuses a speed to a peer that disagrees, lists a missing or non-covering peer once, and
 the summary sets ours against each peer."""
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from triton_playground.kernels import OPS, peers
+from triton_playground.kernels import OPS
+from triton_playground.kernels.ops.layer_norm import peers as norm_peers
 from triton_playground.kernels.spec import NotComparable
 from triton_playground.plots.summary import versus
 from triton_playground.sweeps import runner
@@ -92,7 +93,7 @@ def test_a_disagreeing_peer_is_caught():
 def test_a_missing_peer_is_unavailable(monkeypatch):
     # an import that fails, as it does where liger-kernel is not installed
     monkeypatch.setitem(sys.modules, "liger_kernel.ops.layer_norm", None)
-    assert peers.liger_layer_norm() is None
+    assert norm_peers.liger_layer_norm() is None
 
 
 def test_sweep_rows_of_peers(tmp_path, monkeypatch, capsys):

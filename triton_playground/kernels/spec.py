@@ -1,7 +1,9 @@
-"""The description every op file exports as ``SPEC``; tests and sweeps are generated from it.
+"""The description every op folder's ``spec.py`` exports (``SPECS``); tests and sweeps are generated from it.
 
-An op file holds its Triton kernel(s), its PyTorch reference, its autograd wrapper and one :class:`OpSpec`.
-``kernels/registry.py`` lists the specs: adding an op touches its own file and one line there.
+An op folder (``kernels/ops/<op>/``) holds its Triton kernel(s), its PyTorch reference, its public function with
+its custom ops (``api.py``) and its :class:`OpSpec` s (``spec.py``). ``kernels/registry.py`` lists the folders:
+adding an op touches its own folder, one line there, and the few places docs/design.md names ("What a new op
+touches").
 
 Vocabulary used by every field below:
 

@@ -34,11 +34,12 @@ Hugging Face (the sweep and the tests build the transformers model that ours rep
                               families; start it with the model_type): a variant the family supports that the
                               others do not (OPT's post-LN, OLMoE's clip_qkv) is one more case
 
-Every family's tiny cases get every check of ``tests/test_models.py`` that :class:`TinyCase` selects; the first
-case of each family gets ``tests/test_training.py``'s: a training step (loss, every gradient) equal to HF's, and
-packed documents. So the model's ``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` takes
-packed rows as the other families do: ``docs = self.check_ids(...)``, its positions ``docs.positions``, and
-``attend(..., docs=docs)`` in every layer (``_modules.py``).
+Every family's tiny cases get every check of ``tests/test_models.py`` that :class:`TinyCase` selects (its
+``layouts``: ``tests/test_models_loading.py``); the first case of each family gets ``tests/test_training.py``'s: a
+training step (loss, every gradient) equal to HF's, and packed documents. So the model's
+``forward(input_ids, cache=None, *, cu_seqlens=None, position_ids=None)`` takes packed rows as the other families
+do: ``docs = self.check_ids(...)``, its positions ``docs.positions``, and ``attend(..., docs=docs)`` in every layer
+(``_modules.py``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ after the first did).
   only. The HF MoE loop's routing (one-hot, ``nonzero``, ``torch.where`` per expert) runs on the real
   ``top_k_index``, so the loop takes the measured experts and sizes; its activations and weights are fake.
 * Liger's norm backwards size their grid by the device's SM count and take 1 off a GPU: as in the sweep's peers
-  (``kernels/peers.py``), their backward is launched as Liger's wrapper launches it, with the modeled GPU's count.
+  (``kernels/ops/layer_norm/peers.py``), their backward is launched as Liger's wrapper launches it, with the
+  modeled GPU's count.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import _runtime as rt
-from ..kernels import peers
+from ..kernels import peer_libs
+from ..kernels.ops.layer_norm import peers as norm_peers
 
 STAND_IN = {torch.bfloat16: torch.float16}  # counted in fp16 (see the module doc)
 DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
@@ -128,7 +130,7 @@ def _layer_norm(provider, x_value, cfg, real):
     dy = randn(m, n, dtype=dtype)
     if provider == "liger":
         w, b = ones(n, dtype=dtype).requires_grad_(), zeros(n, dtype=dtype).requires_grad_()
-        function = peers.liger_layer_norm()
+        function = norm_peers.liger_layer_norm()
         forward, params = (lambda: function(x, w, b, eps)), [w, b]
     else:
         with _maybe(fake):
@@ -152,7 +154,7 @@ def _relu_squared(provider, x_value, cfg, real):
 
 def _liger_fused_add_rms_norm():
     """``LigerFusedAddRMSNormFunction`` with its backward launched at the modeled GPU's SM count (module doc)."""
-    mod = peers._liger_norm_module("liger_kernel.ops.fused_add_rms_norm")
+    mod = peer_libs.liger_norm_module("liger_kernel.ops.fused_add_rms_norm")
     if not (rt.INTERPRET or rt.COMPILE_ONLY):
         return mod.LigerFusedAddRMSNormFunction
     from liger_kernel.ops.utils import torch_to_triton_dtype
@@ -170,7 +172,7 @@ def _liger_fused_add_rms_norm():
             mod._fused_add_rms_norm_backward_kernel[(sms,)](
                 dY, dY.stride(0), dS_out, dS_out.stride(0), dX, dX.stride(0), S, S.stride(0),
                 torch_to_triton_dtype[S.dtype], W, W.stride(0), RSTD, RSTD.stride(0), _dW, _dW.stride(0), n_rows,
-                n_cols, peers._scalar(ctx.offset), math.ceil(n_rows / sms), ctx.casting_mode,
+                n_cols, peer_libs.scalar(ctx.offset), math.ceil(n_rows / sms), ctx.casting_mode,
                 BLOCK_SIZE=ctx.BLOCK_SIZE, num_warps=ctx.num_warps, num_stages=ctx.num_stages, has_dS_out=True,
                 COMPUTE_DW=True)
             dX = dX.view(*shape)
@@ -180,11 +182,11 @@ def _liger_fused_add_rms_norm():
 
 
 def _liger_rms_norm():
-    return peers._liger_rms_norm_function(peers._liger_norm_module("liger_kernel.ops.rms_norm"))
+    return norm_peers._liger_rms_norm_function(peer_libs.liger_norm_module("liger_kernel.ops.rms_norm"))
 
 
 def _liger_rms_norm():
-    return peers._liger_rms_norm_function(peers._liger_norm_module("liger_kernel.ops.rms_norm"))
+    return norm_peers._liger_rms_norm_function(peer_libs.liger_norm_module("liger_kernel.ops.rms_norm"))
 
 
 def _fused_add_rms_norm(provider, x_value, cfg, real):
@@ -196,7 +198,7 @@ def _fused_add_rms_norm(provider, x_value, cfg, real):
     params = [w]
     if provider == "liger_fused_add_rms_norm":
         function = _liger_fused_add_rms_norm()
-        forward = lambda: function.apply(x, r, w, peers._scalar(eps), peers._scalar(0.0), "llama", False)  # noqa
+        forward = lambda: function.apply(x, r, w, peer_libs.scalar(eps), peer_libs.scalar(0.0), "llama", False)  # noqa
     else:
         inner = ones(n, dtype=dtype).requires_grad_() if provider == "liger_rms_norm" else None
         rms = _liger_rms_norm() if inner is not None else None
@@ -210,7 +212,7 @@ def _fused_add_rms_norm(provider, x_value, cfg, real):
                 variance = h.pow(2).mean(-1, keepdim=True)
                 h = h * torch.rsqrt(variance + eps)
             else:
-                h = rms.apply(h, inner, peers._scalar(eps), peers._scalar(0.0), "llama", False, None)
+                h = rms.apply(h, inner, peer_libs.scalar(eps), peer_libs.scalar(0.0), "llama", False, None)
             return w * h.to(input_dtype), residual.to(input_dtype)
 
     return Program(forward, lambda y: (dy, ds), [x, r], params, real, retain_graph=False)
@@ -223,7 +225,7 @@ def _megatron_rms_norm(provider, x_value, cfg, real):
     if provider == "liger":
         w = ones(x_value, dtype=dtype).requires_grad_()
         function = _liger_rms_norm()
-        forward = lambda: function.apply(x, w, peers._scalar(1e-6), peers._scalar(0.0), "llama", False, None)  # noqa
+        forward = lambda: function.apply(x, w, peer_libs.scalar(1e-6), peer_libs.scalar(0.0), "llama", False, None)  # noqa
         params = [w]
     else:
         with _maybe(fake):

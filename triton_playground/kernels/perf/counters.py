@@ -46,108 +46,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from .. import _runtime as _rt
+from .aten import _SYNCS, _aten_launches, _register_cpu_sdpa_flops
+from .attribution import _as_fp32, _attribute, _count_site, _element_bytes, _regions, _track, _true
+from .records import Counter, Launch
+
 __all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
-
-
-@dataclasses.dataclass
-class Launch:
-    """One kernel launch: a Triton grid, or one aten op."""
-
-    kernel: str
-    programs: int = 1
-    programs_run: int = 1  # < programs when the launch was sampled (its counts are then scaled up)
-    source: str = "triton"  # or "aten"
-    # FLOPs of matrix products by input class ("fp16", "bf16", "fp32-ieee", "fp32-tf32", ...): the classes run at
-    # different peaks. Elementwise arithmetic is not counted (it is never what bounds these kernels).
-    dot_flops: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
-    bytes_read: int = 0
-    bytes_written: int = 0
-    num_warps: int | None = None  # a Triton launch's warps a program (what bounds how many programs share an SM)
-    # Traffic by tensor, for the L2 model (kernels/perf/model.py): the bytes asked of each of the launch's tensors
-    # ({(tensor index, "r" or "w"): bytes}) and each tensor's extent (bytes between its first and last element).
-    # A tensor asked for more bytes than its extent is re-read; what reaches HBM depends on whether L2 holds it.
-    requested: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
-    extents: list = dataclasses.field(default_factory=list)
-    # The most loads one line of the kernel issued in a program (its loop's trip count; 1 without a loop), over the
-    # programs run. A program whose loop has no tl.dot waits for each trip's loads before the next (Triton
-    # pipelines the loops that feed tl.dot), which bounds a persistent grid's speed; and the programs resident
-    # together walk their loops in step, so what L2 must hold at once is one trip's data of each
-    # (kernels/perf/model.py).
-    trips: float = 1.0
-
-    @property
-    def flops(self) -> int:
-        return sum(self.dot_flops.values())
-
-    @property
-    def bytes_unique(self) -> int:
-        """Bytes counted once per element touched: every tensor's requested bytes, capped by its extent (what the
-        launch must move at least, however well L2 serves its re-reads). Aten launches count operands once."""
-        if not self.extents:
-            return self.bytes_read + self.bytes_written
-        attributed = sum(self.requested.values())
-        rest = self.bytes_read + self.bytes_written - attributed  # pointers into no tensor argument (rare)
-        return rest + sum(min(n, self.extents[i]) for (i, _), n in self.requested.items())
-
-
-@dataclasses.dataclass
-class Counter:
-    """The launches seen inside one ``count()`` block, and their totals."""
-
-    records: list = dataclasses.field(default_factory=list)
-    # what the host does besides launching: (number of records before it, "op" or "sync"), in order. "op": an aten
-    # op that launches nothing (a view, an allocation); "sync": one that makes the host wait for the GPU
-    # (nonzero, .item(), ...). The model's timeline reads them (kernels/perf/model.py).
-    host: list = dataclasses.field(default_factory=list)
-
-    @property
-    def flops(self) -> int:
-        return sum(r.flops for r in self.records)
-
-    @property
-    def bytes_read(self) -> int:
-        return sum(r.bytes_read for r in self.records)
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(r.bytes_written for r in self.records)
-
-    @property
-    def bytes(self) -> int:
-        return self.bytes_read + self.bytes_written
-
-    @property
-    def launches(self) -> int:
-        return len(self.records)
-
-    @property
-    def programs(self) -> int:
-        return sum(r.programs for r in self.records)
-
-    @property
-    def bytes_unique(self) -> int:
-        return sum(r.bytes_unique for r in self.records)
-
-    def by_kernel(self) -> dict[str, Counter]:
-        """name -> a Counter of that kernel's launches only."""
-        out: dict[str, Counter] = {}
-        for r in self.records:
-            out.setdefault(r.kernel, Counter()).records.append(r)
-        return out
-
-    def summary(self) -> str:
-        lines = [f"{'kernel':<28}{'launches':>9}{'programs':>10}{'GFLOP':>10}{'MB read':>10}{'MB written':>11}"]
-        for name, c in list(self.by_kernel().items()) + [("total", self)]:
-            lines.append(f"{name:<28}{c.launches:>9}{c.programs:>10}{c.flops / 1e9:>10.3f}"
-                         f"{c.bytes_read / 1e6:>10.3f}{c.bytes_written / 1e6:>11.3f}")
-        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ Triton
@@ -165,18 +75,6 @@ class _Session:
 
 _sessions: list[_Session] = []  # open count() blocks (nested blocks each see everything)
 _launch: list = [None]  # the Triton launch in flight
-
-
-def _element_bytes(tt_dtype) -> int:
-    return max(1, tt_dtype.primitive_bitwidth // 8)
-
-
-def _as_fp32(handle):
-    from triton.runtime import interpreter as interp
-
-    if handle.dtype.scalar.name == "bf16":  # kept as raw uint16 bits by the interpreter
-        return interp._convert_float(handle.data, interp.tl.bfloat16, interp.tl.float32, None).view(np.float32)
-    return handle.data.astype(np.float32)
 
 
 _GOLDEN = (5**0.5 - 1) / 2
@@ -274,66 +172,6 @@ def _scale_since(launch: Launch, before: tuple, factor: float) -> None:
     launch.bytes_written = written + round((launch.bytes_written - written) * factor)
     for key in launch.requested:
         launch.requested[key] = requested.get(key, 0) + round((launch.requested[key] - requested.get(key, 0)) * factor)
-
-
-def _regions(values) -> list[tuple[int, int]]:
-    """(first byte, one past the last) of each tensor among a launch's arguments, in argument order; a tensor
-    descriptor stands for its base tensor."""
-    out = []
-    for value in values:
-        if isinstance(value, tuple):
-            out += _regions(value)
-            continue
-        if type(value).__name__ == "TensorDescriptor":
-            value = value.base
-        if isinstance(value, torch.Tensor) and value.numel():
-            span = 1 + sum((n - 1) * stride for n, stride in zip(value.shape, value.stride()))
-            out.append((value.data_ptr(), value.data_ptr() + span * value.element_size()))
-    return out
-
-
-def _track(launch: Launch, regions: list[tuple[int, int]]) -> None:
-    """Prepare ``launch`` to attribute its loads and stores to the tensors of ``regions``."""
-    launch.extents = [end - start for start, end in regions]
-    order = np.argsort([start for start, _ in regions], kind="stable")
-    launch._order = order
-    launch._starts = np.array([regions[i][0] for i in order], dtype=np.int64)
-    launch._ends = np.array([regions[i][1] for i in order], dtype=np.int64)
-
-
-def _attribute(launch: Launch, ptrs, mask, element_bytes: int, kind: str) -> None:
-    """Add the bytes of the elements a mask lets through to the tensors their addresses fall in."""
-    starts = getattr(launch, "_starts", None)
-    if starts is None or not len(starts):
-        return
-    addresses = np.asarray(ptrs.data)
-    keep = np.asarray(mask if isinstance(mask, np.ndarray) else mask.data, dtype=bool)
-    addresses = np.broadcast_to(addresses, np.broadcast_shapes(addresses.shape, keep.shape))
-    addresses = addresses[np.broadcast_to(keep, addresses.shape)].astype(np.int64, copy=False)
-    if not addresses.size:
-        return
-    where = np.searchsorted(starts, addresses, side="right") - 1
-    inside = (where >= 0) & (addresses < launch._ends[np.maximum(where, 0)])
-    for position, n in enumerate(np.bincount(where[inside], minlength=len(starts))):
-        if n:
-            launch.requested[(int(launch._order[position]), kind)] += int(n) * element_bytes
-
-
-def _count_site(launch: Launch) -> None:
-    """One more load issued by the kernel's line that is running (a helper's loads count at the helper's call)."""
-    source = getattr(launch, "_source", None)
-    if source is None:
-        return
-    frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename != source:
-        frame = frame.f_back
-    if frame is not None:
-        launch._sites[frame.f_lineno] += 1
-
-
-def _true(mask) -> int:
-    """Elements a mask lets through: a TensorHandle's array, or a descriptor load/store's bare numpy array."""
-    return int(np.count_nonzero(mask if isinstance(mask, np.ndarray) else mask.data))
 
 
 def _install():
@@ -434,118 +272,20 @@ def _install():
     interp._playground_counting = True
 
 
-# ------------------------------------------------------------------------------------------------ aten
+# ------------------------------------------------------------------------------------------------ aten (aten.py)
 
 
-def _tensors(tree) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
-
-
-def _bytes(tensors) -> int:
-    unique = {id(t): t for t in tensors}.values()
-    return sum(t.numel() * t.element_size() for t in unique)
-
-
-_NO_KERNEL = {  # aten ops that only describe or allocate tensors: no kernel runs on a GPU
-    "detach", "alias", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-    "_unsafe_view", "set_", "resize_", "_reshape_alias", "t", "lift_fresh_copy",
-}
-# aten ops after which a GPU's host holds until the device has caught up: their output's size, or a value, is
-# read back (torch.where(mask), .item(), .nonzero(), ...)
-_SYNCS = {"nonzero", "_local_scalar_dense", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
-          "argwhere", "nonzero_static"}
-_DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-
-
-def _register_cpu_sdpa_flops():
-    """torch's FLOP formulas cover the GPU's SDPA kernels but not the CPU one that runs here (fake tensors take
-    the CPU's path): give it the same formulas, so SDPA's counted FLOPs are those the GPU's flash kernel would do
-    (torch counts the full square, causal or not). And ``_grouped_mm``, which has none."""
-    from torch.utils.flop_counter import (flop_registry, register_flop_formula, sdpa_backward_flop_count,
-                                          sdpa_flop_count)
-
-    aten = torch.ops.aten
-    if aten._scaled_dot_product_flash_attention_for_cpu in flop_registry:
-        return
-
-    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
-    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-    if hasattr(aten, "_grouped_mm") and aten._grouped_mm not in flop_registry:
-        @register_flop_formula(aten._grouped_mm)
-        def _grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-            """torch._grouped_mm (the MoE's grouped GEMMs; torch has no formula): each row of a 2-D ``a`` meets
-            its group's matrix of a 3-D ``b`` (2·M·K·N); two 2-D operands are grouped along K (the weight
-            gradient: 2·M·K·N over all groups); two 3-D ones are a batch."""
-            (m, k), n = a_shape[-2:], b_shape[-1]
-            return 2 * m * k * n * (a_shape[0] if len(a_shape) == 3 and len(b_shape) == 3 else 1)
-
-
-# aten ops that overwrite their ``self`` without reading it, and factories that read only their input's shape
-_OVERWRITES_SELF = {"copy_", "fill_", "zero_", "normal_", "uniform_", "random_", "bernoulli_", "exponential_"}
-_SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "randint_like", "new_zeros",
-               "new_ones", "new_full"}
-
-
-def _operands_read(func, args, kwargs) -> list[torch.Tensor]:
-    """The tensors an aten op reads: its tensor arguments, less those it only writes (``out=`` arguments, the
-    ``self`` of ``copy_`` and ``fill_``) or only takes the shape of (``zeros_like``)."""
-    name = func._schema.name.split("::")[-1]
-    if name in _SHAPE_ONLY:
-        return []
-    written_only = [kwargs[a.name] for a in func._schema.arguments
-                    if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write and a.name in kwargs]
-    if name in _OVERWRITES_SELF and args:
-        written_only.append(args[0])
-    skip = {id(t) for t in written_only}
-    return [t for t in _tensors((args, kwargs)) if id(t) not in skip]
-
-
-def _layer_norm_backward_kernels(args, out) -> list[tuple[list, list]]:
-    """CUDA's ``native_layer_norm_backward`` is two kernels (aten/src/ATen/native/cuda/layer_norm_kernel.cu):
-    dX row by row, from dY, X, mean, rstd and gamma; then dgamma and dbeta column by column, from dY, X, mean and
-    rstd again (``LaunchGammaBetaBackwardCUDAKernel``). So dY and X are read twice."""
-    grad_out, x, _, mean, rstd, weight = args[:6]
-    dx, dweight, dbias = out
-    stats = [t for t in (mean, rstd) if isinstance(t, torch.Tensor)]
-    kernels = []
-    if dx is not None:
-        kernels.append(([grad_out, x, *stats, *([weight] if weight is not None else [])], [dx]))
-    if dweight is not None or dbias is not None:
-        kernels.append(([grad_out, x, *stats], [t for t in (dweight, dbias) if t is not None]))
-    return kernels
-
-
-# aten ops whose CUDA implementation is more than one kernel: (args, out) -> [(tensors read, tensors written)]
-_CUDA_KERNELS = {"native_layer_norm_backward": _layer_norm_backward_kernels}
-
-
-def _aten_launches(func, args, kwargs, out) -> list[Launch]:
-    """The kernels an aten op launches on a GPU: none for a view, an allocation or a query (.device, .size());
-    most ops one, reading its operands and writing its outputs once; a few more (``_CUDA_KERNELS``)."""
-    name = func._schema.name.split("::")[-1]
-    if func.is_view or name in _NO_KERNEL or not _tensors(out):
-        return []
-    from torch.utils.flop_counter import flop_registry
-
-    kernel = str(func.overloadpacket.__name__)
-    passes = _CUDA_KERNELS.get(name)
-    traffic = passes(args, out) if passes else [(_operands_read(func, args, kwargs), _tensors(out))]
-    launches = [Launch(kernel=kernel, source="aten", bytes_read=_bytes(read), bytes_written=_bytes(written))
-                for read, written in traffic]
-    formula = flop_registry.get(func.overloadpacket)
-    if formula is not None:
-        inputs = _tensors((args, kwargs))
-        dtype = inputs[0].dtype if inputs else torch.float32
-        # torch's fp32 matmuls on a GPU run in full fp32 unless TF32 is allowed
-        kind = _DTYPE_CLASS.get(dtype) or ("fp32-tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32-ieee")
-        launches[0].dot_flops[kind] += int(formula(*args, **kwargs, out_val=out))
-    return launches
+@contextlib.contextmanager
+def _as_eager():
+    """Run a custom op's implementation as eager code runs (no graph recorded): the op is dispatched below
+    autograd, where composite ops (``reshape``, a ``to`` that changes nothing) reach the counter undecomposed, as
+    host events eager code never makes; with the autograd keys back they decompose as they do outside an op."""
+    keys = torch._C.DispatchKey
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradFunctionality, keys.AutogradOther, keys.AutogradNestedTensor, keys.ADInplaceOrView):
+        excluded = excluded.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded), torch.no_grad():
+        yield
 
 
 def _dispatch_mode(counter: Counter):
@@ -555,14 +295,14 @@ def _dispatch_mode(counter: Counter):
 
     _register_cpu_sdpa_flops()
 
-    from ..library import IMPLEMENTATIONS
+    from .._custom_op import IMPLEMENTATIONS
 
     class _CountAten(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             implementation = IMPLEMENTATIONS.get(func._schema.name)
-            if implementation is not None:  # our custom op (kernels/library.py): count what it runs, not it
-                with self:
+            if implementation is not None:  # our custom op (an op folder's api.py): count what it runs, not it
+                with self, _as_eager():
                     return implementation(*args, **kwargs)
             out = func(*args, **kwargs)
             # inside a Triton launch, torch ops are the interpreter's own bookkeeping, not the program's
@@ -599,6 +339,9 @@ def uncounted():
         yield
     finally:
         _launch[0] = outer
+
+
+_rt._uncounted[0] = uncounted  # the runtime's hook (rt.uncounted: the tests' fill, placeholders, peers' tables)
 
 
 @contextlib.contextmanager

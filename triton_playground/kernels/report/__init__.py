@@ -10,7 +10,7 @@ by kernel hash (beside Triton's cache, or ``$KERNELS_REPORT_CACHE``); Triton cac
 
 One row per (op, provider, shape, dtype, kernel, variant, config). Reading it:
 
-* ``provider``: ``ours``, or with ``--peers`` a Triton peer of the op (``liger``, ``fla``: ``kernels/peers.py``)
+* ``provider``: ``ours``, or with ``--peers`` a Triton peer of the op (``liger``, ``fla``: ``ops/<op>/peers.py``)
   whose kernels are compiled at the same shapes (``peers.py`` here: one row per kernel it compiles, at the
   config it launches with; an autotuned peer kernel at its first config, as choosing needs a GPU).
 

@@ -1,11 +1,11 @@
 """The report's peer rows (``triton-playground report --peers``): the Triton kernels of Liger-Kernel and
-flash-linear-attention (``kernels/peers.py``) compiled for sm_90 at the same shapes as ours.
+flash-linear-attention (each op folder's ``peers.py``) compiled for sm_90 at the same shapes as ours.
 
 The peers' kernels are plain ``@triton.jit`` functions (a few behind ``triton.autotune``), not our ``Tuned``, so
 they are caught one level lower: while a peer runs, ``JITFunction.run`` (every launch of any Triton kernel) is
 swapped for a compile without a launch (``warmup=True``, what our compile-only launches do too) that records the
 compiled kernel; ``Autotuner.run`` takes the first of its configs, since choosing needs a GPU to time them on
-(Liger's MoE kernels are pinned to one config anyway, ``kernels/peers.py``). One row per distinct compiled kernel
+(Liger's MoE kernels are pinned to one config anyway, ``kernels/peer_libs.py``). One row per distinct compiled kernel
 of a (panel, kernel), at the panel's shortest case: the peers' torch parts (the MLP's linears) compute for real on
 the CPU, so the longer cases would take hours; a peer kernel that specialises on the row count (Liger's norm
 backward makes ``rows_per_program`` a constexpr) compiles anew at each length with the same tiles.
@@ -29,12 +29,16 @@ from . import sass
 from .collect import DTYPES, _variant
 from .shapes import as_on_gpu, build_case, panel_labels, panel_of, sweep_cases
 
-TRITON_PEERS_MODULE = "triton_playground.kernels.peers"  # the factories whose peers run Triton kernels (others are torch code)
+def _is_triton_peer(factory) -> bool:
+    """Whether a peer factory lives in an op folder's ``peers.py`` (Liger, FLA: Triton kernels); the others (SDPA,
+    FlexAttention, HF's code, torch's grouped GEMM) are torch code, in the op's ``spec.py``."""
+    module = getattr(factory, "__module__", "").split(".")
+    return module[:3] == ["triton_playground", "kernels", "ops"] and module[-1] == "peers"
 
 
 def report_peers(spec) -> dict:
     """name -> factory of ``spec``'s peers that run Triton kernels (Liger, FLA): the ones the report compiles."""
-    return {name: f for name, f in spec.peers.items() if getattr(f, "__module__", "") == TRITON_PEERS_MODULE}
+    return {name: f for name, f in spec.peers.items() if _is_triton_peer(f)}
 
 
 @dataclasses.dataclass

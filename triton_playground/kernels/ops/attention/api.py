@@ -1,4 +1,5 @@
-"""Causal attention with an optional sliding window: the public function, its checks, launch and autograd.
+"""Causal attention with an optional sliding window: the public function, its checks, launch and custom
+ops (``torch.ops.playground.attention``, ``attention_backward``: fake and autograd below).
 
     attention(q, k, v) = softmax(scale * q @ k^T + mask) @ v
 
@@ -22,11 +23,14 @@ The kernels (FlashAttention-2: forward, split-KV combine, backward), their math 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, extras_are_not_differentiable
 from ...common.precision import attention_dot_precision
 from .kernel import MAX_BLOCK, attn_combine, attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
@@ -131,19 +135,44 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     return dq, dk, dv
 
 
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal, window, scale, num_splits=None):
-        o, lse = _forward(q, k, v, causal, window, scale, num_splits)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.window, ctx.scale = causal, window, scale
-        return o
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.attention(q, k, v, causal, window, scale)                       -> (out, lse)
+#     torch.ops.playground.attention_backward(dout, q, k, v, out, lse, causal, window, scale) -> (dq, dk, dv)
+#
+# The log-sum-exp ``lse`` (fp32, (batch, heads, q_len)) is what the backward reads.
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.causal, ctx.window, ctx.scale)
-        return dq, dk, dv, None, None, None, None
+
+def _attention_fake(q, k, v, causal, window, scale):
+    return _empty_like_layout(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, causal, window, scale = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.args = (causal, window, scale)
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _attention_backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 6
+    dq, dk, dv = torch.ops.playground.attention_backward(dout, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, None, None, None
+
+
+@custom_op("attention", _attention_fake, _attention_setup, _attention_backward)
+def _attention_op(q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Optional[int], scale: float
+                  ) -> tuple[Tensor, Tensor]:
+    if q.numel() == 0:
+        return _attention_fake(q, k, v, causal, window, scale)
+    return _forward(q, k, v, causal, window, scale)
+
+
+@custom_op("attention_backward", lambda dout, q, k, v, *_: tuple(_empty_like_layout(t) for t in (q, k, v)))
+def _attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+                           window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward(q, k, v, out, lse, dout, causal, window, scale)
 
 
 def check_args(q, k, v, causal, window, scale, reference=False):
@@ -201,4 +230,4 @@ def attention(q, k, v, *, causal=True, window=None, scale=None):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if q.numel() == 0:
         return q.clone()
-    return _Attention.apply(q, k, v, causal, window, scale)
+    return torch.ops.playground.attention(q, k, v, causal, window, scale)[0]

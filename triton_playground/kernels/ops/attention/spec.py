@@ -3,17 +3,17 @@ and bytes, tolerances, the sweep peers (SDPA, FlexAttention), bad inputs."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ... import _runtime as rt
-from ... import peers
-from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
+from . import peers
+from ...spec import BadInput, Case, OpSpec, call
 from .api import attention
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_dkdv, attn_bwd_dq
-from .reference import attention_reference, attention_varlen_reference, visible_mask
+from .reference import attention_reference, attention_varlen_reference, visible_mask  # noqa: F401
+from .strata import COUNT_STRATA
+from .torch_peers import (_flex_peer, _flex_varlen_peer, _sdpa_peer, _sdpa_varlen_peer,  # noqa: F401
+                          document_mask_mod)
 from .varlen import attention_varlen
 
 
@@ -102,61 +102,6 @@ def _bytes(dims, dtype, mode):
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
-# ------------------------------------------------------------------------------------------------ sweep peers
-
-
-def _sdpa_peer():
-    def sdpa(q, k, v, *, causal=True, window=None, scale=None):
-        q_len, kv_len = q.shape[2], k.shape[2]
-        gqa = q.shape[1] != k.shape[1]
-        if not causal:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
-        if window is None and q_len == kv_len:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                                    enable_gqa=gqa)
-        # is_causal aligns the diagonal top-left; ours is bottom-right (queries are the last positions): a mask.
-        mask = visible_mask(q_len, kv_len, causal, window, q.device)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-
-    return sdpa
-
-
-def _flex():
-    """(create_block_mask, compiled flex_attention), or None without a GPU or FlexAttention."""
-    if not rt.GPU or rt.INTERPRET:
-        return None  # compiled FlexAttention needs a GPU (its CPU path compiles C++ for minutes)
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
-    return create_block_mask, torch.compile(flex_attention)
-
-
-def _flex_peer():
-    if _flex() is None:
-        return None
-    create_block_mask, compiled = _flex()
-
-    @functools.lru_cache(maxsize=32)
-    def block_mask(q_len, kv_len, causal, window, device):
-        offset = kv_len - q_len
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            pos = q_idx + offset
-            visible = kv_idx <= pos if causal else kv_idx >= 0
-            if window is not None:  # W keys, itself included: FlexAttention's examples' "<= W" would keep W + 1
-                visible = visible & (pos - kv_idx < window)
-            return visible
-
-        return create_block_mask(mask_mod, B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
-
-    def flex(q, k, v, *, causal=True, window=None, scale=None):
-        mask = block_mask(q.shape[2], k.shape[2], causal, window, str(q.device))
-        return compiled(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-
-    return flex
-
-
 # ------------------------------------------------------------------------------------------------ description
 
 
@@ -185,59 +130,6 @@ def _bad_inputs():
     return tuple(bad)
 
 
-def _ramp_and_plateau(pid, block, M, N, W, resident_rows, streamed_rows, resident="queries"):
-    """Causal windowed attention's programs (``block``: each one's resident block) for the counters
-    (``OpSpec.count_strata``): the blocks a program streams (key blocks for a query block, as ``blocks.key_range``
-    bounds them; query blocks for a key block in dK/dV) ramp up over the first window (down over the last, in
-    dK/dV), then stay flat: the plateau, and the ramp in order of its walks (``plateau_and_rest``)."""
-    import numpy as np
-
-    offset = N - M  # query row i sits at key position offset + i (bottom-right aligned)
-    if resident == "queries":  # its rows i see keys (offset + i - W, offset + i]
-        first, last = offset + block * resident_rows, offset + np.minimum((block + 1) * resident_rows, M) - 1
-        count = -(-np.minimum(last + 1, N) // streamed_rows) - np.maximum(first - W + 1, 0) // streamed_rows
-    else:  # its keys j are seen by the queries i with offset + i in [j, j + W)
-        first, last = block * resident_rows - offset, np.minimum((block + 1) * resident_rows, N) - 1 - offset
-        count = -(-np.clip(last + W, 0, M) // streamed_rows) - np.clip(first, 0, M) // streamed_rows
-    return plateau_and_rest(pid, count)
-
-
-def _strata(resident):
-    """Ours: a causal walk without a window is affine in the block (pairs are exact): one stratum; so are packed
-    and split launches."""
-    import numpy as np
-
-    def strata(grid, *, M, N, W, CAUSAL, WINDOWED, VARLEN, BLOCK_M, BLOCK_N, SPLIT=False, **_):
-        pid = np.arange(int(np.prod(grid)))
-        if not (CAUSAL and WINDOWED) or VARLEN or SPLIT:
-            return [pid]
-        rows = (BLOCK_M, BLOCK_N) if resident == "queries" else (BLOCK_N, BLOCK_M)
-        return _ramp_and_plateau(pid, pid % grid[0], M, N, W, *rows, resident)
-
-    return strata
-
-
-def _fla_strata(resident):
-    """FLA's ``parallel_attn`` kernels (grid: value tiles fastest, then ``BT``-row blocks; then batch x heads),
-    always causal: windowed, as ours."""
-    import numpy as np
-
-    def strata(grid, *, T, W, BT, BS, V, BV, IS_VARLEN=False, **_):
-        pid = np.arange(int(np.prod(grid)))
-        if W is None or IS_VARLEN:
-            return [pid]
-        return _ramp_and_plateau(pid, pid % grid[0] // -(-V // BV), T, T, W, BT, BS, resident)
-
-    return strata
-
-
-COUNT_STRATA = {"attn_fwd": _strata("queries"), "attn_bwd_dq": _strata("queries"), "attn_bwd_dkdv": _strata("keys"),
-                "parallel_attn_fwd_kernel": _fla_strata("queries"), "parallel_attn_bwd_kernel_dq": _fla_strata("queries"),
-                "parallel_attn_bwd_kernel_dkv": _fla_strata("keys")}
-
-
-# fp32: tf32x3 dots (~2^-21 a product, emulated on the CPU) and fp32 rounding grown over the reductions (~1e-6).
-# fp16: p and dS are rounded to fp16 (2^-11 relative) before their matmuls, as in FlashAttention.
 ATTENTION = OpSpec(
     name="attention",
     fn=attention,
@@ -378,71 +270,6 @@ def _varlen_bytes(dims, dtype, mode):
     fwd = 2 * qsize + 2 * kvsize + cu
     bwd = 4 * qsize + 4 * kvsize + cu
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
-
-
-def _sequences(cu_seqlens_q, cu_seqlens_k):
-    """[(q0, q1, k0, k1)] of each sequence, from the prefix sums."""
-    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    return list(zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]))
-
-
-def _sdpa_varlen_peer():
-    """PyTorch's SDPA sequence by sequence (what a model without a varlen kernel does)."""
-    sdpa = _sdpa_peer()
-
-    def per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
-                     window=None, scale=None):
-        outs = [q[:0]]
-        for q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
-            if q1 > q0:
-                heads = [t.transpose(0, 1).unsqueeze(0) for t in (q[q0:q1], k[k0:k1], v[k0:k1])]
-                outs.append(sdpa(*heads, causal=causal, window=window, scale=scale)[0].transpose(0, 1))
-        return torch.cat(outs, 0)
-
-    return per_sequence
-
-
-def document_mask_mod(cu_seqlens_q, cu_seqlens_k, causal, window):
-    """FlexAttention's ``mask_mod`` over the packed rows: query row ``q_idx`` sees key row ``kv_idx`` iff both lie
-    in the same sequence and, inside it, the positions pass kernels.attention's mask (bottom-right causal,
-    window W: its W latest keys)."""
-    device = cu_seqlens_q.device
-    cu_q, cu_k = cu_seqlens_q.long(), cu_seqlens_k.long()
-    total_q, total_k = int(cu_q[-1]), int(cu_k[-1])
-    # each row's sequence: the last s with cu[s] <= row (empty sequences are skipped over)
-    doc_q = torch.searchsorted(cu_q, torch.arange(total_q, device=device), right=True) - 1
-    doc_k = torch.searchsorted(cu_k, torch.arange(total_k, device=device), right=True) - 1
-    # a query's position among its sequence's keys: kv_len - q_len + (row - q0)
-    pos_q = torch.arange(total_q, device=device) - cu_q[doc_q] + (cu_k[doc_q + 1] - cu_k[doc_q]) - (
-        cu_q[doc_q + 1] - cu_q[doc_q])
-    pos_k = torch.arange(total_k, device=device) - cu_k[doc_k]
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        visible = doc_q[q_idx] == doc_k[kv_idx]
-        if causal:
-            visible = visible & (pos_k[kv_idx] <= pos_q[q_idx])
-            if window is not None:
-                visible = visible & (pos_q[q_idx] - pos_k[kv_idx] < window)
-        return visible
-
-    return mask_mod
-
-
-def _flex_varlen_peer():
-    if _flex() is None:
-        return None
-    create_block_mask, compiled = _flex()
-
-    def flex(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None, causal=True,
-             window=None, scale=None):
-        # the block mask is built per call (the sweep times it too: a document mask changes with every batch)
-        mask = create_block_mask(document_mask_mod(cu_seqlens_q, cu_seqlens_k, causal, window), B=None, H=None,
-                                 Q_LEN=q.shape[0], KV_LEN=k.shape[0], device=str(q.device))
-        heads = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # (1, heads, total, head_dim)
-        out = compiled(*heads, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-        return out[0].transpose(0, 1)
-
-    return flex
 
 
 def _varlen_bad_inputs():

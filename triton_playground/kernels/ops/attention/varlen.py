@@ -1,5 +1,6 @@
 """Packed variable-length attention (FlashAttention's varlen layout): the public function, its checks, launch
-and autograd. The kernels are attention's own (``kernel.py``, ``kernel_bwd.py``) with ``VARLEN`` on.
+and custom ops (``torch.ops.playground.attention_varlen``, ``attention_varlen_backward``). The kernels are
+attention's own (``kernel.py``, ``kernel_bwd.py``) with ``VARLEN`` on.
 
     attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k)[cu_q[s]:cu_q[s+1]]
         = attention(q[cu_q[s]:cu_q[s+1]], k[cu_k[s]:cu_k[s+1]], v[cu_k[s]:cu_k[s+1]])      for every sequence s
@@ -37,11 +38,14 @@ still checked.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, extras_are_not_differentiable
 from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout, check_mask_args
 from .kernel import attn_fwd
 from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
@@ -194,20 +198,45 @@ def varlen_backward(q, k, v, o, lse, do, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     return dq, dk, dv
 
 
-class _AttentionVarlen(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale):
-        o, lse = varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window,
-                                scale)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k)
-        ctx.args = (max_seqlen_q, max_seqlen_k, causal, window, scale)
-        return o
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+#                                           window, scale)                  -> (out, lse)
+#     torch.ops.playground.attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+#                                                    max_seqlen_q, max_seqlen_k, causal, window, scale) -> (dq, dk, dv)
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv = varlen_backward(q, k, v, o, lse, do, cu_q, cu_k, *ctx.args)
-        return dq, dk, dv, *(None,) * 7
+
+def _attention_varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale):
+    return _empty_like_layout(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+def _attention_varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, *args = inputs
+    ctx.save_for_backward(q, k, v, *output, cu_q, cu_k)
+    ctx.args = tuple(args)
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _attention_varlen_backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 10
+    dq, dk, dv = torch.ops.playground.attention_varlen_backward(dout, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, *(None,) * 7
+
+
+@custom_op("attention_varlen", _attention_varlen_fake, _attention_varlen_setup, _attention_varlen_backward)
+def _attention_varlen_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                         max_seqlen_q: int, max_seqlen_k: int, causal: bool, window: Optional[int], scale: float
+                         ) -> tuple[Tensor, Tensor]:
+    return varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale)
+
+
+@custom_op("attention_varlen_backward", lambda dout, q, k, v, *_: tuple(_empty_like_layout(t) for t in (q, k, v)))
+def _attention_varlen_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                  cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                                  causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return varlen_backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                           window, scale)
 
 
 def prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window, scale):
@@ -232,4 +261,4 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, 
     """
     cu_q, cu_k, max_q, max_k, scale = prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                               causal, window, scale)
-    return _AttentionVarlen.apply(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale)
+    return torch.ops.playground.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale)[0]

@@ -1,4 +1,5 @@
-"""LayerNorm and RMSNorm over the last dimension: the public functions, their checks, launch and autograd.
+"""LayerNorm and RMSNorm over the last dimension: the public functions, their checks, launches and custom ops
+(``torch.ops.playground.layer_norm``, ``rms_norm``, ``norm_backward``: fake and autograd below).
 
     layer_norm(x) = (x - mean(x)) * rstd * weight + bias,   rstd = 1 / sqrt(var(x) + eps)
     rms_norm(x)   = weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)       (HF OLMoE/Llama RMSNorm)
@@ -9,10 +10,14 @@ their tiling: ``kernel.py``.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, empty_if, extras_are_not_differentiable, or_placeholder
 from .kernel import block_n, norm_bwd, norm_fwd
 
 
@@ -25,50 +30,107 @@ _PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory 
 
 
 
-class _Norm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, rms):
-        x2 = _as_rows(x)
-        n_rows, n = x2.shape
-        y = rt.empty(x.shape, x.dtype, x.device)
-        y2 = y.view(-1, n)
-        mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
-        rstd = rt.empty((n_rows,), torch.float32, x.device)
-        tile_n = block_n(n)
-        norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
-            x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
-            n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
-            HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=tile_n, SINGLE_TILE=tile_n >= n,
-        )
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.rms = rms
-        return y
+def _forward(x, weight, bias, eps, rms):
+    """The forward launch: (y, mean, rstd); RMSNorm has no mean (a view of y stands for its pointer)."""
+    x2 = _as_rows(x)
+    n_rows, n = x2.shape
+    y = rt.empty(x.shape, x.dtype, x.device)
+    y2 = y.view(-1, n)
+    mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
+    rstd = rt.empty((n_rows,), torch.float32, x.device)
+    tile_n = block_n(n)
+    norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
+        x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
+        n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
+        HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=tile_n, SINGLE_TILE=tile_n >= n,
+    )
+    return y, mean, rstd
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        x2, dy2 = _as_rows(x), _as_rows(dy)
-        n_rows, n = x2.shape
-        dx = rt.empty(x.shape, x.dtype, x.device)
-        dx2 = dx.view(-1, n)
-        # One program per SM: each partial row costs a write and a read of n fp32, so fewer programs than the
-        # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
-        # path accumulates into its partial rows, which must then start at zero.
-        n_progs = max(min(n_rows, rt.num_sms()), 1)
-        single_tile = block_n(n) >= n
-        partial = rt.empty if single_tile else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype,
-                                                                                          device=device))
-        dw_partial = partial((n_progs, n), torch.float32, x.device) if weight is not None else rstd
-        db_partial = partial((n_progs, n), torch.float32, x.device) if bias is not None else rstd
-        norm_bwd[(n_progs,)](
-            x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
-            n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
-            HAS_W=weight is not None, HAS_B=bias is not None, RMS=ctx.rms, OUT_DTYPE_ROUND=ctx.rms,
-            BLOCK_N=block_n(n), SINGLE_TILE=single_tile,
-        )
-        dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = db_partial.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None
+
+def _backward(dy, x, weight, bias, mean, rstd, rms, need_w, need_b):
+    """(dx, dw, db), dw / db None where not needed. ``mean`` is None under RMSNorm: the kernel reads none, and dx
+    stands for its pointer (x's dtype, as y does in the forward: the same compiled kernel as before custom ops)."""
+    x2, dy2 = _as_rows(x), _as_rows(dy)
+    n_rows, n = x2.shape
+    dx = rt.empty(x.shape, x.dtype, x.device)
+    dx2 = dx.view(-1, n)
+    mean = dx2 if rms else mean  # dx2: unused placeholder
+    # One program per SM: each partial row costs a write and a read of n fp32, so fewer programs than the
+    # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
+    # path accumulates into its partial rows, which must then start at zero.
+    n_progs = max(min(n_rows, rt.num_sms()), 1)
+    single_tile = block_n(n) >= n
+    partial = rt.empty if single_tile else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype,
+                                                                                      device=device))
+    dw_partial = partial((n_progs, n), torch.float32, x.device) if weight is not None else rstd
+    db_partial = partial((n_progs, n), torch.float32, x.device) if bias is not None else rstd
+    norm_bwd[(n_progs,)](
+        x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
+        n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
+        HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, OUT_DTYPE_ROUND=rms,
+        BLOCK_N=block_n(n), SINGLE_TILE=single_tile,
+    )
+    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and need_w else None
+    db = db_partial.sum(0).to(bias.dtype) if bias is not None and need_b else None
+    return dx, dw, db
+
+
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.layer_norm(x, weight, bias, eps)                 -> (y, mean, rstd)
+#     torch.ops.playground.rms_norm(x, weight, eps)                         -> (y, rstd)
+#     torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads) -> (dx, dweight, dbias)
+#
+# The row statistics are what the backward reads; grads (three bools: x, weight, bias) says which gradients to
+# make (a placeholder stands for the others).
+
+
+def _norm_fake(x, weight, bias, eps, rms=False):
+    rows = x.numel() // x.shape[-1]
+    return (x.new_empty(x.shape), *(x.new_empty(rows, dtype=torch.float32) for _ in range(1 if rms else 2)))
+
+
+def _norm_setup(ctx, inputs, output):
+    x, weight, bias = inputs[:3] if len(inputs) == 4 else (inputs[0], inputs[1], None)
+    mean, rstd = output[1:] if len(output) == 3 else (None, output[1])
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _norm_backward(ctx, dy, *_dstats):
+    if dy is None:
+        return (None,) * len(ctx.needs_input_grad)
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    grads = list(ctx.needs_input_grad[:3]) if bias is not None else [*ctx.needs_input_grad[:2], False]
+    dx, dw, db = torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads)
+    dw, db = (dw if grads[1] else None), (db if grads[2] else None)
+    return (dx, dw, db, None) if len(ctx.needs_input_grad) == 4 else (dx, dw, None)
+
+
+@custom_op("layer_norm", _norm_fake, _norm_setup, _norm_backward)
+def _layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward(x, weight, bias, eps, rms=False)
+
+
+@custom_op("rms_norm", lambda x, weight, eps: _norm_fake(x, weight, None, eps, rms=True), _norm_setup,
+           _norm_backward)
+def _rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    y, _, rstd = _forward(x, weight, None, eps, rms=True)
+    return y, rstd
+
+
+def _norm_bwd_fake(dy, x, weight, bias, mean, rstd, grads):
+    return (x.new_empty(x.shape), empty_if(weight is not None and grads[1], x.shape[-1:], x),
+            empty_if(bias is not None and grads[2], x.shape[-1:], x))
+
+
+@custom_op("norm_backward", _norm_bwd_fake)
+def _norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                      mean: Optional[Tensor], rstd: Tensor, grads: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """``mean`` None: RMSNorm (the kernel reads no mean then)."""
+    dx, dw, db = _backward(dy, x, weight, bias, mean, rstd, mean is None, grads[1], grads[2])
+    return dx, or_placeholder(dw, x), or_placeholder(db, x)
 
 
 def _check(x, weight, bias, eps):
@@ -84,14 +146,10 @@ def _check(x, weight, bias, eps):
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """LayerNorm over the last dim. ``x: (..., hidden)``, ``weight, bias: (hidden,)`` or None."""
     _check(x, weight, bias, eps)
-    if x.numel() == 0:
-        return x.clone()
-    return _Norm.apply(x, weight, bias, float(eps), False)
+    return x.clone() if x.numel() == 0 else torch.ops.playground.layer_norm(x, weight, bias, float(eps))[0]
 
 
 def rms_norm(x, weight=None, eps=1e-6):
     """RMSNorm over the last dim, as HF OLMoE: ``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``."""
     _check(x, weight, None, eps)
-    if x.numel() == 0:
-        return x.clone()
-    return _Norm.apply(x, weight, None, float(eps), True)
+    return x.clone() if x.numel() == 0 else torch.ops.playground.rms_norm(x, weight, float(eps))[0]

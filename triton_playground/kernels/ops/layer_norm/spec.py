@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from ... import peers
+from . import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import layer_norm, rms_norm
 from .kernel import norm_bwd, norm_fwd

@@ -1,5 +1,5 @@
 """The transformer MLP, ``act(x @ w_in.T + b_in) @ w_out.T + b_out``: the public functions, their checks, the
-launches and the autograd wrapper.
+launches and the custom ops (``torch.ops.playground.mlp``, ``mlp_backward``: fake and autograd below).
 
     h = x @ w_in.T + b_in          (tokens, inner)     the up-projection; its epilogue adds b_in, applies act
     a = act(h)                                          and (training) also stores h for the backward
@@ -21,10 +21,14 @@ b_in needs a gradient; inference stores nothing extra.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, empty_if, extras_are_not_differentiable, needs_grad, or_placeholder, placeholder
 from ...common.precision import dot_precision
 from .kernel import ACTIVATIONS, DB_ROWS, col_sum, gemm, tma_fits
 
@@ -67,45 +71,97 @@ def column_sums(x, dtype):
     return out[0] if split == 1 else column_sums(out, dtype)
 
 
-class _MLP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w_in, b_in, w_out, b_out, act):
-        x2 = x.reshape(-1, x.shape[-1])  # a view whenever the strides allow; else a copy (glue)
-        tokens, inner, hidden_out = x2.shape[0], w_in.shape[0], w_out.shape[0]
-        keep_h = any(ctx.needs_input_grad[:3])  # dh (hence h) is needed for x, w_in and b_in's gradients
-        a = rt.empty((tokens, inner), x.dtype, x.device)
-        h = rt.empty((tokens, inner), x.dtype, x.device) if keep_h else None
-        _matmul(x2, w_in.t(), a, bias=b_in, act=act, h=h, store_pre=keep_h)
-        y = _matmul(a, w_out.t(), rt.empty((tokens, hidden_out), x.dtype, x.device), bias=b_out)
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(x, w_in, w_out, a, h)
-        ctx.act, ctx.has_b_in, ctx.has_b_out = act, b_in is not None, b_out is not None
-        return y.view(*x.shape[:-1], hidden_out)
+def _forward(x, w_in, b_in, w_out, b_out, act, keep_h):
+    """(y, a, h): the output and what the backward reads (``h`` only when ``keep_h``: x, w_in or b_in needs a
+    gradient; else None)."""
+    x2 = x.reshape(-1, x.shape[-1])  # a view whenever the strides allow; else a copy (glue)
+    tokens, inner, hidden_out = x2.shape[0], w_in.shape[0], w_out.shape[0]
+    a = rt.empty((tokens, inner), x.dtype, x.device)
+    h = rt.empty((tokens, inner), x.dtype, x.device) if keep_h else None
+    _matmul(x2, w_in.t(), a, bias=b_in, act=act, h=h, store_pre=keep_h)
+    y = _matmul(a, w_out.t(), rt.empty((tokens, hidden_out), x.dtype, x.device), bias=b_out)
+    return y.view(*x.shape[:-1], hidden_out), a, h
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, w_in, w_out, a, h = ctx.saved_tensors
-        need_x, need_w_in, need_b_in, need_w_out, need_b_out = ctx.needs_input_grad[:5]
-        x2 = x.reshape(-1, x.shape[-1])
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        tokens, inner = a.shape
-        dt, dev = x.dtype, x.device
-        dx = dw_in = db_in = dw_out = db_out = None
-        if need_x or need_w_in or need_b_in:
-            # dh = (dy @ w_out) * act'(h), with db_in's partial column sums from the same epilogue
-            partial = rt.empty((triton.cdiv(tokens, DB_ROWS), inner), torch.float32, dev) if need_b_in else None
-            dh = _matmul(dy2, w_out, rt.empty((tokens, inner), dt, dev), h=h, dact=ctx.act, dbias=partial)
-            if need_b_in:
-                db_in = column_sums(partial, dt)
-            if need_x:
-                dx = _matmul(dh, w_in, rt.empty(x2.shape, dt, dev)).view(x.shape)
-            if need_w_in:
-                dw_in = _matmul(dh.t(), x2, rt.empty(w_in.shape, dt, dev))
-        if need_w_out:
-            dw_out = _matmul(dy2.t(), a, rt.empty(w_out.shape, dt, dev))
-        if need_b_out:
-            db_out = column_sums(dy2, dt)
-        return dx, dw_in, db_in, dw_out, db_out, None
+
+def _backward(dy, x, w_in, w_out, a, h, act, needs):
+    """The five gradients (x, w_in, b_in, w_out, b_out), None where ``needs`` says none."""
+    need_x, need_w_in, need_b_in, need_w_out, need_b_out = needs
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    tokens, inner = a.shape
+    dt, dev = x.dtype, x.device
+    dx = dw_in = db_in = dw_out = db_out = None
+    if need_x or need_w_in or need_b_in:
+        # dh = (dy @ w_out) * act'(h), with db_in's partial column sums from the same epilogue
+        partial = rt.empty((triton.cdiv(tokens, DB_ROWS), inner), torch.float32, dev) if need_b_in else None
+        dh = _matmul(dy2, w_out, rt.empty((tokens, inner), dt, dev), h=h, dact=act, dbias=partial)
+        if need_b_in:
+            db_in = column_sums(partial, dt)
+        if need_x:
+            dx = _matmul(dh, w_in, rt.empty(x2.shape, dt, dev)).view(x.shape)
+        if need_w_in:
+            dw_in = _matmul(dh.t(), x2, rt.empty(w_in.shape, dt, dev))
+    if need_w_out:
+        dw_out = _matmul(dy2.t(), a, rt.empty(w_out.shape, dt, dev))
+    if need_b_out:
+        db_out = column_sums(dy2, dt)
+    return dx, dw_in, db_in, dw_out, db_out
+
+
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.mlp(x, w_in, b_in, w_out, b_out, activation, grads)   -> (y, a, h)
+#     torch.ops.playground.mlp_backward(dy, x, w_in, w_out, a, h, has_b_in, has_b_out, activation, grads)
+#                                                                                -> (dx, dw_in, db_in, dw_out, db_out)
+#
+# ``grads`` (five bools: x, w_in, b_in, w_out, b_out need a gradient) says what to keep: ``h`` only when x, w_in
+# or b_in needs one, nothing when none does (a placeholder stands for it); in the backward, which gradients to
+# make.
+
+
+def _mlp_fake(x, w_in, b_in, w_out, b_out, activation, grads):
+    tokens, inner = x.numel() // x.shape[-1], w_in.shape[0]
+    return (x.new_empty((*x.shape[:-1], w_out.shape[0])), empty_if(any(grads), (tokens, inner), x),
+            empty_if(any(grads[:3]), (tokens, inner), x))
+
+
+def _mlp_setup(ctx, inputs, output):
+    x, w_in, b_in, w_out, b_out, ctx.activation, _ = inputs
+    ctx.save_for_backward(x, w_in, w_out, *output[1:])
+    ctx.has_bias = (b_in is not None, b_out is not None)
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _mlp_backward(ctx, dy, _da, _dh):
+    if dy is None:
+        return (None,) * 7
+    grads = list(ctx.needs_input_grad[:5])
+    out = torch.ops.playground.mlp_backward(dy, *ctx.saved_tensors, *ctx.has_bias, ctx.activation, grads)
+    return (*(g if need else None for g, need in zip(out, grads)), None, None)
+
+
+@custom_op("mlp", _mlp_fake, _mlp_setup, _mlp_backward)
+def _mlp_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor],
+            activation: str, grads: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    y, a, h = _forward(x, w_in, b_in, w_out, b_out, ACTIVATIONS[activation], keep_h=any(grads[:3]))
+    if not any(grads):
+        return y, placeholder(x), placeholder(x)
+    return y, a, or_placeholder(h, x)
+
+
+def _mlp_bwd_fake(dy, x, w_in, w_out, a, h, has_b_in, has_b_out, activation, grads):
+    shapes = (x.shape, w_in.shape, w_in.shape[:1], w_out.shape, w_out.shape[:1])
+    flags = (grads[0], grads[1], grads[2] and has_b_in, grads[3], grads[4] and has_b_out)
+    return tuple(empty_if(flag, shape, x) for flag, shape in zip(flags, shapes))
+
+
+@custom_op("mlp_backward", _mlp_bwd_fake)
+def _mlp_backward_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, a: Tensor, h: Tensor, has_b_in: bool,
+                     has_b_out: bool, activation: str, grads: list[bool]
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    needs = (grads[0], grads[1], grads[2] and has_b_in, grads[3], grads[4] and has_b_out)
+    out = _backward(dy, x, w_in, w_out, a, h if any(needs[:3]) else None, ACTIVATIONS[activation], needs)
+    return tuple(or_placeholder(g, x) for g in out)
 
 
 def _check(x, w_in, b_in, w_out, b_out, activation):
@@ -134,7 +190,8 @@ def mlp(x, w_in, b_in, w_out, b_out, *, activation="relu2"):
     ``x: (..., hidden)``, ``w_in: (inner, hidden)``, ``w_out: (hidden, inner)``, ``b_in: (inner,)``,
     ``b_out: (hidden,)`` (biases may be None); returns ``(..., hidden)``."""
     _check(x, w_in, b_in, w_out, b_out, activation)
-    return _MLP.apply(x, w_in, b_in, w_out, b_out, ACTIVATIONS[activation])
+    grads = needs_grad(x, w_in, b_in, w_out, b_out)
+    return torch.ops.playground.mlp(x, w_in, b_in, w_out, b_out, activation, grads)[0]
 
 
 def squared_relu_mlp(x, w_in, b_in, w_out, b_out):

@@ -1,4 +1,5 @@
-"""The OLMoE mixture-of-experts layer: the public function, its checks, the dispatch and the launches.
+"""The OLMoE mixture-of-experts layer: the public function, its checks, the launches and
+the custom ops (``torch.ops.playground.moe``, ``moe_backward``: fake and autograd below).
 
     logits       = x @ router_weight.T                                   (tokens, E)
     w, ids       = topk_routing(logits, k, normalize)                    (tokens, k) each
@@ -57,79 +58,19 @@ from typing import NamedTuple
 
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, empty_if, extras_are_not_differentiable, needs_grad, or_placeholder, placeholder
 from ...common.precision import dot_precision
 from ..routing.api import check_k
 from ..mlp.api import _matmul
 from ..routing.kernel import block_e as routing_block_e
 from ..routing.kernel import routing_bwd
-from .kernel import MAX_EXPERTS, dispatch_count, dispatch_scan, dispatch_scatter, moe_router
+from .dispatch import Dispatch, _pow2_at_least, moe_dispatch  # noqa: F401  (tests call moe_dispatch from here)
+from .kernel import MAX_EXPERTS, moe_router
 from .kernel_bwd import DW_BAND, moe_down_bwd, moe_weight_grad
 from .kernel_gemm import tma_gate_up, tma_weights, moe_combine, moe_down, moe_gate_up
-
-
-class Dispatch(NamedTuple):
-    """The expert-sorted, block-padded layout of the ``tokens * k`` pairs (pair ``p = t*k + j``), all int32.
-
-    sorted_pairs: (num_blocks * block_m,) row -> pair; -1 on padding rows; rows >= offsets[E] are never
-        written nor read.
-    pair_rows: (tokens * k,) pair -> row, the inverse permutation.
-    counts: (E,) pairs per expert.  offsets: (E + 1,) first row of each expert (multiples of block_m),
-        offsets[E] = rows in use.
-    block_m: the padding granularity.  num_blocks: the grid bound, tokens*k // block_m + min(E, tokens*k).
-    """
-
-    sorted_pairs: torch.Tensor
-    pair_rows: torch.Tensor
-    counts: torch.Tensor
-    offsets: torch.Tensor
-    block_m: int
-    num_blocks: int
-
-
-def _pow2_at_least(n: int, floor: int = 1) -> int:
-    return max(triton.next_power_of_2(n), floor)
-
-
-def moe_dispatch(expert_ids: torch.Tensor, num_experts: int, block_m: int) -> Dispatch:
-    """Sort the pairs of ``expert_ids: (tokens, k)`` by expert (stable) into ``block_m``-padded expert segments.
-
-    Three launches, no host synchronisation: the grid and every buffer size follow from the shapes alone.
-    """
-    if expert_ids.dim() != 2 or expert_ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"expert_ids must be a (tokens, k) int32/int64 tensor, got {expert_ids.dtype} "
-                         f"{tuple(expert_ids.shape)}")
-    if not 1 <= num_experts <= MAX_EXPERTS:
-        raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
-    if block_m < 1 or block_m & (block_m - 1):
-        raise ValueError(f"block_m must be a power of two, got {block_m}")
-    n_tokens, top_k = expert_ids.shape
-    n_pairs = n_tokens * top_k
-    device = expert_ids.device
-    num_blocks = n_pairs // block_m + min(num_experts, n_pairs)
-    block_e = _pow2_at_least(num_experts, 16)
-    block_t = min(max(8192 // block_e, 16), 128)  # tokens per count/scatter tile: a (BLOCK_T, BLOCK_E) one-hot
-    n_tiles = triton.cdiv(n_tokens, block_t)
-
-    sorted_pairs = rt.empty((num_blocks * block_m,), torch.int32, device)
-    pair_rows = rt.empty((n_pairs,), torch.int32, device)
-    counts = rt.empty((num_experts,), torch.int32, device)
-    offsets = rt.empty((num_experts + 1,), torch.int32, device)
-    hist = rt.empty((max(n_tiles, 1), num_experts), torch.int32, device)
-    prefix = rt.empty((max(n_tiles, 1), num_experts), torch.int32, device)
-    rank = rt.empty((n_pairs,), torch.int32, device)
-    if n_tiles:
-        dispatch_count[(n_tiles,)](expert_ids, hist, rank, n_tokens, num_experts, top_k,
-                                   expert_ids.stride(0), expert_ids.stride(1), BLOCK_T=block_t, BLOCK_E=block_e)
-    dispatch_scan[(1,)](hist, prefix, counts, offsets, sorted_pairs, n_tiles, num_experts,
-                        BLOCK_M=block_m, BLOCK_B=4096 // block_e, BLOCK_E=block_e,
-                        BLOCK_P=min(block_m, 4096 // block_e))
-    if n_tiles:
-        dispatch_scatter[(n_tiles,)](expert_ids, rank, prefix, offsets, sorted_pairs, pair_rows,
-                                     n_tokens, num_experts, top_k, expert_ids.stride(0), expert_ids.stride(1),
-                                     BLOCK_T=block_t, BLOCK_K=_pow2_at_least(top_k))
-    return Dispatch(sorted_pairs, pair_rows, counts, offsets, block_m, num_blocks)
 
 
 class Saved(NamedTuple):
@@ -152,7 +93,7 @@ class Saved(NamedTuple):
 
 def layout(n_tokens: int, k: int, n_experts: int) -> tuple[int, int]:
     """(block_m, num_blocks) of the dispatch for these sizes: a function of the shapes alone (the backward and
-    the library's fake implementation derive the saved tensors' shapes from it)."""
+    the op's fake implementation derive the saved tensors' shapes from it)."""
     n_pairs = n_tokens * k
     block_m = _pick_block_m(n_pairs, n_experts)
     return block_m, n_pairs // block_m + min(n_experts, n_pairs)
@@ -345,22 +286,58 @@ def _weight_grad(left, right, dw, s: Saved, k, *, l_by_token, r_by_token):
     )
 
 
-class _MoE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, router_weight, gate_up, down, k, normalize):
-        train = any(ctx.needs_input_grad[:4])
-        out, saved = _forward(x, router_weight, gate_up, down, k, normalize, train=train)
-        if train:
-            ctx.save_for_backward(x, router_weight, gate_up, down, *saved)
-        ctx.k, ctx.normalize = k, normalize
-        return out
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.moe(x, router_weight, gate_up, down, k, normalize, train)  -> (out, *saved)
+#     torch.ops.playground.moe_backward(dout, x, router_weight, gate_up, down, *saved, k, normalize, grads)
+#                                                                   -> (dx, drouter_weight, dgate_up, ddown)
+#
+# ``train`` (some input needs a gradient) says whether to keep what the backward reads (:class:`Saved`: logits,
+# routing, dispatch, activation and gate/up pre-activations; placeholders otherwise), as the MLP's ``grads`` does.
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, router_weight, gate_up, down, *saved = ctx.saved_tensors
-        grads = _backward(dout, x, router_weight, gate_up, down, Saved(*saved), ctx.k, ctx.normalize,
-                          ctx.needs_input_grad[:4])
-        return (*grads, None, None)
+
+def _moe_fake(x, router_weight, gate_up, down, k, normalize, train):
+    if not train:
+        return (x.new_empty(x.shape), *(x.new_empty(0) for _ in Saved._fields))
+    shapes = saved_shapes(x.numel() // x.shape[-1], k, router_weight.shape[0], down.shape[2])
+    return (x.new_empty(x.shape), *(x.new_empty(shape, dtype=dtype or x.dtype)
+                                    for shape, dtype in zip(shapes, SAVED_DTYPES)))
+
+
+def _moe_setup(ctx, inputs, output):
+    x, router_weight, gate_up, down, ctx.k, ctx.normalize, _ = inputs
+    ctx.save_for_backward(x, router_weight, gate_up, down, *output[1:])
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _moe_backward(ctx, dout, *_dsaved):
+    if dout is None:
+        return (None,) * 7
+    grads = list(ctx.needs_input_grad[:4])
+    out = torch.ops.playground.moe_backward(dout, *ctx.saved_tensors, ctx.k, ctx.normalize, grads)
+    return (*(g if need else None for g, need in zip(out, grads)), None, None, None)
+
+
+@custom_op("moe", _moe_fake, _moe_setup, _moe_backward)
+def _moe_op(x: Tensor, router_weight: Tensor, gate_up: Tensor, down: Tensor, k: int, normalize: bool, train: bool
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, saved = _forward(x, router_weight, gate_up, down, k, normalize, train=train)
+    return (out, *(saved if train else (placeholder(x) for _ in Saved._fields)))
+
+
+def _moe_bwd_fake(dout, x, router_weight, gate_up, down, *rest):
+    grads = rest[-1]
+    return tuple(empty_if(flag, t.shape, t) for flag, t in zip(grads, (x, router_weight, gate_up, down)))
+
+
+@custom_op("moe_backward", _moe_bwd_fake)
+def _moe_backward_op(dout: Tensor, x: Tensor, router_weight: Tensor, gate_up: Tensor, down: Tensor, logits: Tensor,
+                     top_w: Tensor, top_i: Tensor, sorted_pairs: Tensor, offsets: Tensor, counts: Tensor,
+                     act: Tensor, pre: Tensor, k: int, normalize: bool, grads: list[bool]
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    saved = Saved(logits, top_w, top_i, sorted_pairs, offsets, counts, act, pre)
+    out = _backward(dout, x, router_weight, gate_up, down, saved, k, normalize, grads)
+    return tuple(or_placeholder(g, x) for g in out)
 
 
 def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
@@ -372,5 +349,6 @@ def moe(x, router_weight, gate_up, down, *, k=8, normalize=False):
     or an undefined router softmax (NaN / +inf logits, or all -inf) gets an all-NaN output row.
     """
     _check(x, router_weight, gate_up, down, k)
-    return _MoE.apply(x, router_weight, gate_up, down, k, bool(normalize))
+    train = any(needs_grad(x, router_weight, gate_up, down))
+    return torch.ops.playground.moe(x, router_weight, gate_up, down, k, bool(normalize), train)[0]
 

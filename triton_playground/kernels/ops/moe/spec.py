@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import peers
+from . import peers
 from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
 from .api import moe
 from .kernel import moe_router

@@ -1,4 +1,5 @@
-"""Partial RoPE (GPT-NeoX "rotate half"): the public functions, their checks, launch and autograd.
+"""Partial RoPE (GPT-NeoX "rotate half"): the public functions, their checks, launch and custom ops
+(``torch.ops.playground.partial_rope``, ``partial_rope_qk``: fake and autograd below).
 
     y[:R/2]   = x[:R/2] * cos - x[R/2:R] * sin,   y[R/2:R] = x[R/2:R] * cos + x[:R/2] * sin,   y[R:] = x[R:]
     angle[i]  = float32(position) * inv_freq[i],  inv_freq[i] = theta ** (-2i / R),   R = rotary_dim (even)
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op
 from .kernel import rope_kernel
 from .reference import inv_freq
 
@@ -46,26 +49,40 @@ def _launch(x, k, positions, rotary_dim, theta, backward):
     return y, ky
 
 
-class _Rope(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, k, positions, rotary_dim, theta):
-        y, ky = _launch(x, k, positions, rotary_dim, theta, backward=False)
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: its rotation is skipped
-        ctx.save_for_backward(positions)
-        ctx.rotary_dim, ctx.theta = rotary_dim, theta
-        return (y, ky) if k is not None else y
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.partial_rope(x, positions, rotary_dim, theta, inverse=False)       -> y
+#     torch.ops.playground.partial_rope_qk(q, k, positions, rotary_dim, theta, inverse=False) -> (q', k')
+#
+# No backward op: a rotation's transpose is its inverse, the same op with inverse=True.
 
-    @staticmethod
-    def backward(ctx, dy, dky=None):
-        (positions,) = ctx.saved_tensors
-        # The gradient of an output nobody used is None (zero): nothing to rotate.
-        if dy is None and dky is None:
-            return None, None, None, None, None
-        if dy is None:  # only k's rotation is live: run k in the x slot
-            dk, _ = _launch(dky, None, positions, ctx.rotary_dim, ctx.theta, backward=True)
-            return None, dk, None, None, None
-        dx, dk = _launch(dy, dky, positions, ctx.rotary_dim, ctx.theta, backward=True)
-        return dx, dk, None, None, None
+
+def _rope_setup(ctx, inputs, output):
+    positions, ctx.rotary_dim, ctx.theta, ctx.inverse = inputs[-4:]
+    ctx.save_for_backward(positions)
+
+
+def _rope_backward(ctx, dy):  # a rotation's transpose is its inverse
+    dx = torch.ops.playground.partial_rope(dy, *ctx.saved_tensors, ctx.rotary_dim, ctx.theta, not ctx.inverse)
+    return dx, None, None, None, None
+
+
+def _rope_qk_backward(ctx, dq, dk):
+    (positions,) = ctx.saved_tensors
+    dq, dk = torch.ops.playground.partial_rope_qk(dq, dk, positions, ctx.rotary_dim, ctx.theta, not ctx.inverse)
+    return dq, dk, None, None, None, None
+
+
+@custom_op("partial_rope", lambda x, *_: x.new_empty(x.shape), _rope_setup, _rope_backward)
+def _partial_rope_op(x: Tensor, positions: Tensor, rotary_dim: int, theta: float, inverse: bool = False) -> Tensor:
+    return _launch(x, None, positions, rotary_dim, theta, backward=inverse)[0]
+
+
+@custom_op("partial_rope_qk", lambda q, k, *_: (q.new_empty(q.shape), k.new_empty(k.shape)), _rope_setup,
+           _rope_qk_backward)
+def _partial_rope_qk_op(q: Tensor, k: Tensor, positions: Tensor, rotary_dim: int, theta: float,
+                        inverse: bool = False) -> tuple[Tensor, Tensor]:
+    return _launch(q, k, positions, rotary_dim, theta, backward=inverse)
 
 
 def _check(x, positions, rotary_dim, theta, name="x"):
@@ -97,7 +114,7 @@ def partial_rope(x, positions, *, rotary_dim=None, theta=10000.0):
     """Rotate the first ``rotary_dim`` channels of ``x: (batch, heads, seq, head_dim)`` (GPT-NeoX rotate-half);
     the rest pass through. ``positions``: integer ``(seq,)`` or ``(batch, seq)``. Returns a new contiguous tensor."""
     rotary_dim = _check(x, positions, rotary_dim, theta)
-    return _Rope.apply(x, None, positions, rotary_dim, float(theta))
+    return torch.ops.playground.partial_rope(x, positions, rotary_dim, float(theta))
 
 
 def partial_rope_qk(q, k, positions, *, rotary_dim=None, theta=10000.0):
@@ -109,4 +126,4 @@ def partial_rope_qk(q, k, positions, *, rotary_dim=None, theta=10000.0):
     if k.dim() != 4 or (k.shape[0], k.shape[2], k.shape[3]) != (q.shape[0], q.shape[2], q.shape[3]):
         raise ValueError(f"k must have shape (batch, kv_heads, seq, head_dim) = ({q.shape[0]}, *, {q.shape[2]}, "
                          f"{q.shape[3]}) like q, got {tuple(k.shape)}")
-    return _Rope.apply(q, k, positions, rotary_dim, float(theta))
+    return torch.ops.playground.partial_rope_qk(q, k, positions, rotary_dim, float(theta))

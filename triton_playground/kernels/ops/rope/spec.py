@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import peers
+from . import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import partial_rope
 from .kernel import rope_kernel

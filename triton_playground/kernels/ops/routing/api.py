@@ -1,4 +1,5 @@
-"""Top-k expert routing (the router of HF OLMoE): the public function, its checks, launch and autograd.
+"""Top-k expert routing (the router of HF OLMoE): the public function, its checks, launch and custom
+ops (``torch.ops.playground.topk_routing``, ``topk_routing_backward``: fake and autograd below).
 
     probs            = softmax(logits, dim=-1)                       (in fp32, whatever the logits' dtype)
     weights, ids     = the k largest probs, sorted descending, ties to the lower expert index
@@ -28,45 +29,84 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch import Tensor
 
 from ... import _runtime as rt
+from ..._custom_op import custom_op, extras_are_not_differentiable
 from .kernel import MAX_EXPERTS, block_e, routing_bwd, routing_fwd
 
 
-class _Routing(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, k, normalize):
-        n_rows, n_experts = z.shape
-        weights = rt.empty((n_rows, k), z.dtype, z.device)
-        ids = rt.empty((n_rows, k), torch.int64, z.device)
-        if n_rows:
-            routing_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
-                z, weights, ids, n_rows, n_experts, k,
-                z.stride(0), z.stride(1), weights.stride(0), weights.stride(1), ids.stride(0), ids.stride(1),
-                NORMALIZE=normalize, BLOCK_E=block_e(n_experts), BLOCK_K=triton.next_power_of_2(k),
-            )
-        ctx.save_for_backward(z, ids)
-        ctx.normalize = normalize
-        ctx.mark_non_differentiable(ids)
-        ctx.set_materialize_grads(False)  # the ids' gradient is never used: no zero tensor is made for it
-        return weights, ids
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., n) -> (rows, n); a 2-D tensor as it is (the public function hands the ops rows already)."""
+    return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
-    @staticmethod
-    def backward(ctx, dw, _dids):
-        if dw is None:
-            return None, None, None
-        z, ids = ctx.saved_tensors
-        n_rows, n_experts = z.shape
-        dz = rt.empty(z.shape, z.dtype, z.device)
-        if n_rows:
-            routing_bwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
-                z, ids, dw, dz, n_rows, n_experts, ids.shape[1],
-                z.stride(0), z.stride(1), ids.stride(0), ids.stride(1), dw.stride(0), dw.stride(1),
-                dz.stride(0), dz.stride(1),
-                NORMALIZE=ctx.normalize, BLOCK_E=block_e(n_experts),
-                PICKS=min(triton.next_power_of_2(ids.shape[1]), 8),  # picks scattered per step (kernel.py)
-            )
-        return dz, None, None
+
+def _forward(z, k, normalize):
+    """(weights, ids) of the rows ``z: (rows, num_experts)``."""
+    n_rows, n_experts = z.shape
+    weights = rt.empty((n_rows, k), z.dtype, z.device)
+    ids = rt.empty((n_rows, k), torch.int64, z.device)
+    if n_rows:
+        routing_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+            z, weights, ids, n_rows, n_experts, k,
+            z.stride(0), z.stride(1), weights.stride(0), weights.stride(1), ids.stride(0), ids.stride(1),
+            NORMALIZE=normalize, BLOCK_E=block_e(n_experts), BLOCK_K=triton.next_power_of_2(k),
+        )
+    return weights, ids
+
+
+def _backward(dw, z, ids, normalize):
+    """dL/dz of the rows ``z`` from the weights' gradient ``dw: (rows, k)``."""
+    n_rows, n_experts = z.shape
+    dz = rt.empty(z.shape, z.dtype, z.device)
+    if n_rows:
+        routing_bwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+            z, ids, dw, dz, n_rows, n_experts, ids.shape[1],
+            z.stride(0), z.stride(1), ids.stride(0), ids.stride(1), dw.stride(0), dw.stride(1),
+            dz.stride(0), dz.stride(1),
+            NORMALIZE=normalize, BLOCK_E=block_e(n_experts),
+            PICKS=min(triton.next_power_of_2(ids.shape[1]), 8),  # picks scattered per step (kernel.py)
+        )
+    return dz
+
+
+# ------------------------------------------------------------------------------------------------ the custom ops
+#
+#     torch.ops.playground.topk_routing(logits, k, normalize)                       -> (weights, ids)
+#     torch.ops.playground.topk_routing_backward(dweights, logits, ids, normalize)  -> dlogits
+#
+# Any leading dims (the public function hands them rows); the ids are not differentiable.
+
+
+def _routing_fake(logits, k, normalize):
+    shape = (*logits.shape[:-1], k)
+    return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.int64)
+
+
+def _routing_setup(ctx, inputs, output):
+    logits, _, ctx.normalize = inputs
+    ctx.save_for_backward(logits, output[1])
+    extras_are_not_differentiable(ctx, output[1:])
+
+
+def _routing_backward(ctx, dweights, _dids):
+    if dweights is None:
+        return None, None, None
+    return torch.ops.playground.topk_routing_backward(dweights, *ctx.saved_tensors, ctx.normalize), None, None
+
+
+@custom_op("topk_routing", _routing_fake, _routing_setup, _routing_backward)
+def _topk_routing_op(logits: Tensor, k: int, normalize: bool) -> tuple[Tensor, Tensor]:
+    weights, ids = _forward(_as_rows(logits), k, normalize)
+    if logits.dim() == 2:
+        return weights, ids
+    return weights.view(*logits.shape[:-1], k), ids.view(*logits.shape[:-1], k)
+
+
+@custom_op("topk_routing_backward", lambda dweights, logits, ids, normalize: logits.new_empty(logits.shape))
+def _topk_routing_backward_op(dweights: Tensor, logits: Tensor, ids: Tensor, normalize: bool) -> Tensor:
+    dz = _backward(_as_rows(dweights), _as_rows(logits), _as_rows(ids), normalize)
+    return dz if logits.dim() == 2 else dz.view(logits.shape)
 
 
 def check_k(k, num_experts: int) -> None:
@@ -94,5 +134,5 @@ def topk_routing(logits, k=8, *, normalize=False):
     _check(logits, k)
     lead = logits.shape[:-1]
     z = logits.reshape(-1, logits.shape[-1])  # a view whenever the strides allow
-    weights, ids = _Routing.apply(z, k, bool(normalize))
+    weights, ids = torch.ops.playground.topk_routing(z, k, bool(normalize))
     return weights.reshape(*lead, k), ids.reshape(*lead, k)
