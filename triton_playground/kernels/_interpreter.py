@@ -124,8 +124,8 @@ def memoize_types() -> None:
     for each result's shape (with a ``tuple_type`` built from its values), and a new dict to map the result's
     element type to a numpy dtype: over half of an interpreted MoE's time, for values that repeat at every
     operation. Here a block type is built once per (element type, shape) and then shared (they are never
-    changed after construction), a tuple's type is built when first asked for (few are), and the numpy dtypes are
-    looked up in a dict built once. Results are unchanged: the same types, equal by value."""
+    changed after construction), so is the shape tuple of the tensors of one block type (kernels only read it), a
+    tuple's type is built when first asked for (few are), and the numpy dtypes are looked up in a dict built once. Results are unchanged: the same types, equal by value."""
     import triton.language.core as core
     from triton.runtime import interpreter as interp
 
