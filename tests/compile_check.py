@@ -35,7 +35,7 @@ from triton_playground.kernels.spec import Case  # noqa: E402
 compile_only.install(90, force=True)  # the stand-in H100 driver (shared with the report)
 
 
-def _lowp(case: Case, dtype) -> Case:
+def _cast(case: Case, dtype) -> Case:
     def cast(a):
         if isinstance(a, torch.Tensor) and a.is_floating_point():
             return a.detach().to(dtype).requires_grad_(a.requires_grad)
@@ -56,7 +56,7 @@ def check(names) -> tuple[list[str], int]:
         spec = kernels.OPS[name]
         tuned = collect.op_kernels(spec)  # every autotuned kernel of the op's package: each launch is decided
         for index in range(max(len(k.configs) for k in tuned)):
-            case = _lowp(spec.make_case(spec.config_dims, torch.float64, "cpu",
+            case = _cast(spec.make_case(spec.config_dims, torch.float64, "cpu",
                                         requires_grad="bwd" in spec.modes), torch.float32)
             label, before = f"{name} config {index} fp32", len(failures)
             try:

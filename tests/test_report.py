@@ -207,11 +207,10 @@ def test_every_config_compiles_where_the_tuner_may_pick_it_and_once_at_least(swe
     assert not missing, f"never compiled: {sorted(missing)}"
     too_big = compiled[compiled.smem > rt.H100_SHARED_MEMORY]
     assert too_big.empty, too_big[["op", "kernel", "config", "smem"]].to_string()
-    report = sweep_report
-    assert report[report.may_pick].sass.notna().all()
-    skipped = report[report.source == "not compiled"]
+    assert sweep_report[sweep_report.may_pick].sass.notna().all()
+    skipped = sweep_report[sweep_report.source == "not compiled"]
     assert len(skipped) > 0 and (~skipped.may_pick).all() and (skipped.pruned == "dropped").all()
-    assert skipped.sass.isna().all() and report[report.source != "not compiled"].sass.notna().all()
+    assert skipped.sass.isna().all() and sweep_report[sweep_report.source != "not compiled"].sass.notna().all()
 
 
 def test_pruned_compiles_the_rest_to_the_same_numbers(sweep_report, tmp_path):
