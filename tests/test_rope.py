@@ -91,6 +91,26 @@ def test_backward_is_the_inverse_rotation():
     assert rel_err(back, x) < 1e-6
 
 
+def test_backward_leaves_a_shared_gradient_alone():
+    """Autograd may hand one gradient tensor to several consumers: here ``q_rot + residual`` gives q_rot's and the
+    residual's branches the same tensor. A backward that rotates its incoming gradient in place (as Liger's does,
+    to move only the rotary channels) corrupts the residual's gradient; ours writes a new dx and must leave it
+    alone (so the backward's bytes are a full read and write, not the rotary channels only; docs/peers.md)."""
+    b, h, s, d = 1, 2, 8, 16
+    q = _x((b, s, h, d), seed=1).transpose(1, 2).requires_grad_(True)  # (b, h, s, d) views of (b, s, h, d) memory
+    residual = _x((b, s, h, d), seed=2).transpose(1, 2).requires_grad_(True)
+    w = _x((b, s, h * d), seed=3)
+    pos = torch.arange(s, device=DEV)
+
+    def loss(rot):
+        return ((rot(q) + residual).transpose(1, 2).reshape(b, s, h * d) * w).sum()
+
+    got = torch.autograd.grad(loss(lambda t: kernels.partial_rope(t, pos, rotary_dim=8)), (q, residual))
+    want = torch.autograd.grad(loss(lambda t: partial_rope_reference(t, pos, rotary_dim=8)), (q, residual))
+    assert rel_err(got[0], want[0]) < 1e-6
+    assert torch.equal(got[1], want[1])  # the residual's gradient is the shared one, untouched
+
+
 def test_matches_hf_persimmon_and_olmoe():
     """Against transformers' own code: Persimmon (partial_rotary_factor 0.5, its rope_theta) and OLMoE (full)."""
     from transformers import OlmoeConfig, PersimmonConfig
