@@ -131,9 +131,10 @@ def test_versus_table():
     rows = [
         dict(row, provider="ours", params="{}", seqlen=512, ms=1.0, flops_exec=10, bytes_exec=30, flops_useful=5),
         dict(row, provider="liger", params="{}", seqlen=512, ms=3.0, flops_exec=20, bytes_exec=60, flops_useful=5),
-        dict(row, provider="ours", params="{}", seqlen=1024, ms=2.0, flops_exec=40, bytes_exec=50, flops_useful=9),
+        dict(row, provider="ours", params="{}", seqlen=1024, ms=2.0, flops_exec=40, bytes_exec=50, flops_useful=9,
+             bytes_dram=45),
         dict(row, provider="liger", params="{}", seqlen=1024, ms=5.0, flops_exec=50, bytes_exec=200,
-             flops_useful=9),
+             flops_useful=9, bytes_dram=150),
         dict(row, provider="liger", params="{}", seqlen=2048, ms=None, error="disagrees with the reference"),
         dict(row, provider="eager", params="{}", seqlen=1024, ms=9.0),
     ]
@@ -144,4 +145,5 @@ def test_versus_table():
     assert liger["speedup_vs_peer"] == pytest.approx(2.5)
     assert liger["flops_exec ours/peer"] == pytest.approx(0.8)
     assert liger["bytes_exec ours/peer"] == pytest.approx(0.25)
+    assert liger["bytes_dram ours/peer"] == pytest.approx(0.3)
     assert liger["peer_errors"] == 1

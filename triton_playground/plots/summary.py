@@ -74,7 +74,8 @@ def versus(df: pd.DataFrame, with_eager: bool = False) -> pd.DataFrame:
 
     ``speedup_vs_peer``: the peer's ms over ours (> 1: ours is faster; on ``model:*`` devices, modeled times);
     ``flops_exec ours/peer`` and ``bytes_exec ours/peer``: the counted work and traffic, ours over the peer's
-    (< 1: ours does less). ``peer_errors``: the peer's error rows (e.g. disagreeing with the reference) in the
+    (< 1: ours does less); ``bytes_dram ours/peer``: the DRAM traffic the model estimates from them (re-reads an
+    H100's L2 serves taken out, docs/performance-model.md), where both rows have it. ``peer_errors``: the peer's error rows (e.g. disagreeing with the reference) in the
     same op, mode, dtype and device, which no speedup is given for."""
     bad = failed(df)
     records = []
@@ -95,7 +96,7 @@ def versus(df: pd.DataFrame, with_eager: bool = False) -> pd.DataFrame:
                 both = both.assign(_flops=size["flops_useful"], _bytes=size["bytes_min"])
                 head = both.sort_values(["seqlen", "_flops", "_bytes"], ascending=False, kind="stable").iloc[0]
                 ratio = {}
-                for col in ("flops_exec", "bytes_exec"):
+                for col in ("flops_exec", "bytes_exec", "bytes_dram"):
                     a = pd.to_numeric(pd.Series([head.get(f"{col}_ours")]), errors="coerce").iloc[0]
                     b = pd.to_numeric(pd.Series([head.get(f"{col}_peer")]), errors="coerce").iloc[0]
                     ratio[col] = a / b if b and np.isfinite(b) and b > 0 else np.nan
@@ -103,10 +104,11 @@ def versus(df: pd.DataFrame, with_eager: bool = False) -> pd.DataFrame:
                     "headline": f"seqlen={head['seqlen']} {head['params']}", "ours_ms": head["ms_ours"],
                     "peer_ms": head["ms_peer"], "speedup_vs_peer": head["ms_peer"] / head["ms_ours"],
                     "flops_exec ours/peer": ratio["flops_exec"], "bytes_exec ours/peer": ratio["bytes_exec"],
+                    "bytes_dram ours/peer": ratio["bytes_dram"],
                 })
             records.append(record)
     columns = VERSUS_KEYS + ["peer", "headline", "ours_ms", "peer_ms", "speedup_vs_peer", "flops_exec ours/peer",
-                             "bytes_exec ours/peer", "peer_errors"]
+                             "bytes_exec ours/peer", "bytes_dram ours/peer", "peer_errors"]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
