@@ -27,6 +27,10 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
 
+_PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory latency
+
+
+
 def _forward(x, weight, bias, eps, rms):
     """The forward launch: (y, mean, rstd); RMSNorm has no mean (a view of y stands for its pointer)."""
     x2 = _as_rows(x)
@@ -36,7 +40,7 @@ def _forward(x, weight, bias, eps, rms):
     mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
     rstd = rt.empty((n_rows,), torch.float32, x.device)
     tile_n = block_n(n)
-    norm_fwd[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
+    norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
         x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
         n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
         HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=tile_n, SINGLE_TILE=tile_n >= n,

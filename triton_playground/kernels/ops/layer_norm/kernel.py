@@ -13,13 +13,12 @@ Statistics are fp32 whatever x's dtype; per-row mean and rstd are saved for the 
 Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm), g = dy * weight:
     dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (the mean(g) term is LayerNorm's only)
     dweight = sum_rows dy * xhat,   dbias = sum_rows dy
-The forward's grid is one program per row tile: weight and bias are loaded (from L2) where the output needs
-them, in x's dtype, so that no fp32 copy of them stays live beside the x tile; its registers then stay low
-enough for as many warps an SM as Liger's one-row programs (the sm_90 report's occupancy). The backward's grid
-is persistent, one program per SM walking a strided set of row tiles: each program keeps its dweight/dbias
-partial sums in registers and writes one partial row at the end; the partials (dweight's and dbias's in one
-buffer) are then summed by one torch sum and one cast (deterministic, no atomics). What the registers hold, and
-so which tiles a row width allows, is set out above the configs.
+Both grids are persistent: a fixed number of programs (a few per SM forward, one backward) each walk a strided
+set of row tiles, so weight and bias are read once per program rather than once per row tile, and the backward
+keeps each program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
+the partials (dweight's and dbias's in one buffer) are summed afterwards by one torch sum and one cast
+(deterministic, no atomics). What the registers hold, and so which tiles a
+row width allows, is set out above the configs.
 """
 
 import triton
@@ -38,26 +37,19 @@ def block_n(n: int) -> int:
 # Registers decide the tiling: the row tile lives in them, and a spill would send it through local memory.
 # A thread holds ``BLOCK_M * BLOCK_N / threads`` values of every (BLOCK_M, BLOCK_N) fp32 tile and
 # ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions, and the budget:
-#   forward:  the centred x tile                                   1 tile, <= 16 values: weight and bias come
-#             in at the output, in x's dtype; 16 values keep a program at 32-40 registers, so that an SM
-#             holds 48-64 warps of them (Liger's forwards: 64 at 1024 columns, 40-48 at 4096, 32-48 at 8192)
+#   forward:  the centred x tile; weight and bias                  1 tile, 2 vectors, <= 64 values: the grid
+#             asks for 4 programs an SM, and a tile that fills more than half an SM's registers would idle them
 #   backward: xhat and dy tiles; weight, dweight, dbias partials   2 tiles, 3 vectors, <= 112 values: one
 #             program an SM, so only the register file bounds it (g = dy * weight is formed again for dx, not
 #             kept)
 # and, either way, at most 5/8 of the registers a thread of that many warps may have (65536 an SM; ptxas needs
 # the rest for addresses, masks and row statistics). Within them the report (``triton-playground report
 # layer_norm rms_norm``) shows no spill at the sweep's widths (1024 to 8192), bf16 and fp32.
-FWD_LIVE, BWD_LIVE = (1, 0, 16), (2, 3, 112)  # (tiles, vectors, values a thread)
+FWD_LIVE, BWD_LIVE = (1, 2, 64), (2, 3, 112)  # (tiles, vectors, values a thread)
 
 # (BLOCK_M rows per program, warps). Wide rows want one row per program and many warps (16 warps leave 16
 # values of an 8192-wide row to a thread); narrow rows want several rows so that each thread still loads a few
-# 16-byte vectors. The forward's are listed two rows first, with the fewest warps that keep the tile in its
-# budget (8 warps at 1024 columns, 16 at 4096, 32 at 8192; RMSNorm's at 8192, one row of 16 warps: see
-# fits_fwd): in the H100 model its grid runs in waves of resident programs, each wave waiting on its loads once,
-# so the more rows a wave, the fewer waves: at 16384 x 1024 the forward models at 28 us of programs' pace with
-# two rows and 8 warps, 32 us with Liger's one row and 4 warps (HBM alone: 22 us); at 16384 x 8192, LayerNorm's
-# (weight and bias read again by every program) at 154 us with two rows and 32 warps, 182 us with one row and 16.
-# The backward's single program an SM makes its programs the wider ones, and its configs are
+# 16-byte vectors. The backward's single program an SM makes its programs the wider ones, and its configs are
 # listed most rows a trip first: its persistent programs walk their rows one tile a trip, waiting on each tile's
 # loads, so the more rows and warps a trip, the nearer HBM's rate (the H100 model's programs' own pace: a trip's
 # wait, and each warp's bytes in flight). 32 warps hold 64 registers a thread, the whole register file for the
@@ -67,7 +59,7 @@ FWD_LIVE, BWD_LIVE = (1, 0, 16), (2, 3, 112)  # (tiles, vectors, values a thread
 # the backward's kernel models at 301 us with 2 rows and 16 warps (one program of 16 warps an SM), 219 us with
 # 2 rows and 32 warps; at 16384 x 1024, 109 us with 4 rows and 16 warps, 55 us with 8 rows and 32.
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-               for m, w in [(2, 8), (2, 16), (2, 32), (1, 16), (1, 4), (1, 8), (4, 4), (4, 16), (8, 8), (16, 8)]]
+               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 4), (4, 8), (8, 8), (16, 8)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
 
@@ -76,8 +68,7 @@ def _fitting(configs, nargs, live):
     """The rule: configs whose live values fit the budget (above), and that give every thread at least one
     16-byte vector of the tile (more warps than that only duplicate loads)."""
     tiles, vectors, budget = live
-    # N and X are positional: Triton's autotuner hands its prune hook those, and the launch's keywords apart
-    # (``Tuned`` merges the two).
+    # From the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
     n, elem = block_n(nargs["N"]), nargs["X"].element_size()
 
     def values(c):
@@ -95,12 +86,6 @@ def _fitting(configs, nargs, live):
 
 
 def fits_fwd(configs, nargs):
-    # A 32-warp program (1024 threads) may take 64 registers a thread, and then holds its SM alone: 32 warps. That
-    # matches Liger's LayerNorm forward at 8192 columns (32 warps an SM) but not its RMSNorm forward (48), and
-    # there RMSNorm's two rows of 32 warps take 52 registers (the sm_90 report) where one row of 16 warps takes
-    # 32 (64 warps an SM) and models as fast (both at HBM's rate): RMSNorm leaves 32 warps out.
-    if nargs.get("RMS"):
-        configs = [c for c in configs if c.num_warps < 32]
     return _fitting(configs, nargs, FWD_LIVE)
 
 
@@ -116,12 +101,25 @@ def norm_fwd(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    _norm_fwd_rows(tl.program_id(0), X, W, B, Y, Mean, Rstd, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn,
-                   eps, HAS_W, HAS_B, RMS, BLOCK_N, SINGLE_TILE, BLOCK_M)
+    # A persistent grid: program pid takes row tiles pid, pid + n_progs, ... When a row fits one tile, weight and
+    # bias are loaded once per program and stay in registers for all its rows, instead of once per row tile.
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols0 = tl.arange(0, BLOCK_N)
+    w = tl.full([BLOCK_N], 1.0, tl.float32)
+    b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if SINGLE_TILE:
+        if HAS_W:
+            w = tl.load(W + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
+        if HAS_B:
+            b = tl.load(B + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
+    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
+        _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn,
+                       eps, HAS_W, HAS_B, RMS, BLOCK_N, SINGLE_TILE, BLOCK_M)
 
 
 @triton.jit
-def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
+def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr):
     """Normalise one tile of BLOCK_M rows (w, b: the preloaded weight and bias when SINGLE_TILE)."""
@@ -183,10 +181,16 @@ def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, n_rows, N, stride_xm, stride_xn
         if RMS:
             # HF rounds the normalised x to x's dtype before the weight multiplies it.
             xhat = xhat.to(Y.dtype.element_ty).to(tl.float32)
-        if HAS_W:
-            xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_B:
-            xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if SINGLE_TILE:
+            if HAS_W:
+                xhat *= w[None, :]
+            if HAS_B:
+                xhat += b[None, :]
+        else:
+            if HAS_W:
+                xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_B:
+                xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
 
 
