@@ -17,8 +17,8 @@ Both grids are persistent: a fixed number of programs (a few per SM forward, one
 set of row tiles, so weight and bias are read once per program rather than once per row tile, and the backward
 keeps each program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
 the partials (dweight's and dbias's in one buffer) are summed afterwards by one torch sum and one cast
-(deterministic, no atomics). What the registers hold, and so which tiles a
-row width allows, is set out above the configs.
+(deterministic, no atomics). What the registers hold, and so which tiles a row width allows, is set out above the
+configs.
 """
 
 import triton
