@@ -163,7 +163,7 @@ def peer_rows(spec, peer: str, factory, dtype_name: str, *, from_driver: bool = 
                 if launch.compiled is not None:
                     row["hash"] = launch.compiled.hash
                     try:
-                        row.update(sass.analyse(launch.compiled, from_driver=from_driver))
+                        row.update(sass.analyse([launch.compiled], from_driver=from_driver)[0])
                     except Exception as e:  # noqa: BLE001
                         row["error"] = f"analysis failed: {type(e).__name__}: {e}"[:200]
                 rows.append(row)

@@ -22,8 +22,9 @@ from .kernel import block_n, norm_bwd, norm_fwd
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., N) -> (rows, N), a view whenever the strides allow (any last-dim stride is fine)."""
-    return t.reshape(-1, t.shape[-1])
+    """(..., N) -> (rows, N), a view whenever the strides allow (any last-dim stride is fine). A 2-D tensor is
+    already its rows: no view op, whose dispatch the host would pay for before the launch."""
+    return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
 
 _PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory latency
@@ -35,7 +36,7 @@ def _forward(x, weight, bias, eps, rms):
     x2 = _as_rows(x)
     n_rows, n = x2.shape
     y = rt.empty(x.shape, x.dtype, x.device)
-    y2 = y.view(-1, n)
+    y2 = _as_rows(y)
     mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
     rstd = rt.empty((n_rows,), torch.float32, x.device)
     tile_n = block_n(n)
@@ -47,42 +48,42 @@ def _forward(x, weight, bias, eps, rms):
     return y, mean, rstd
 
 
-def _backward(dy, x, weight, bias, mean, rstd, rms, need_w, need_b):
-    """(dx, dw, db), dw / db None where not needed. ``mean`` is None under RMSNorm: the kernel reads none, and dx
-    stands for its pointer (x's dtype, as y does in the forward: the same compiled kernel as before custom ops)."""
+def _backward(dy, x, weight, bias, mean, rstd, rms, need_params):
+    """(dx, dparams): dparams is (params, hidden) in x's dtype, dweight's row then dbias's (of those x has), or None
+    unless ``need_params``. ``mean`` is None under RMSNorm: the kernel reads none, and dx stands for its pointer
+    (x's dtype, as y does in the forward: the same compiled kernel as before custom ops)."""
     x2, dy2 = _as_rows(x), _as_rows(dy)
     n_rows, n = x2.shape
     dx = rt.empty(x.shape, x.dtype, x.device)
-    dx2 = dx.view(-1, n)
+    dx2 = _as_rows(dx)
     mean = dx2 if rms else mean  # dx2: unused placeholder
     # One program per SM: each partial row costs a write and a read of n fp32, so fewer programs than the
     # forward's. A row that fits one tile has its partials stored whole (idle programs store zeros); the looped
-    # path accumulates into its partial rows, which must then start at zero.
+    # path accumulates into its partial rows, which must then start at zero. dweight's and dbias's partials share
+    # one (2, programs, n) buffer, so that one sum and one cast make both gradients: three launches, not five.
     n_progs = max(min(n_rows, rt.num_sms()), 1)
     single_tile = block_n(n) >= n
-    partial = rt.empty if single_tile else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype,
-                                                                                      device=device))
-    dw_partial = partial((n_progs, n), torch.float32, x.device) if weight is not None else rstd
-    db_partial = partial((n_progs, n), torch.float32, x.device) if bias is not None else rstd
+    params = int(weight is not None) + int(bias is not None)
+    alloc = rt.empty if single_tile else torch.zeros
+    partial = alloc((params, n_progs, n), dtype=torch.float32, device=x.device) if params else rstd
     norm_bwd[(n_progs,)](
-        x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, dw_partial, db_partial,
+        x2, weight if weight is not None else x2, dy2, dx2, mean, rstd, partial,
         n_rows, n, x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1), dx2.stride(0), dx2.stride(1),
         HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, OUT_DTYPE_ROUND=rms,
         BLOCK_N=block_n(n), SINGLE_TILE=single_tile,
     )
-    dw = dw_partial.sum(0).to(weight.dtype) if weight is not None and need_w else None
-    db = db_partial.sum(0).to(bias.dtype) if bias is not None and need_b else None
-    return dx, dw, db
+    return dx, (partial.sum(1).to(x.dtype) if params and need_params else None)
 
 
 # ------------------------------------------------------------------------------------------------ the custom ops
 #
 #     torch.ops.playground.layer_norm(x, weight, bias, eps)                 -> (y, mean, rstd)
 #     torch.ops.playground.rms_norm(x, weight, eps)                         -> (y, rstd)
-#     torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads) -> (dx, dweight, dbias)
+#     torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads) -> (dx, dparams)
 #
 # The row statistics are what the backward reads; grads (three bools: x, weight, bias) says which gradients to
-# make (a placeholder stands for the others).
+# make. dparams holds dweight's row, then dbias's, of the parameters there are (one tensor: a custom op's outputs
+# may not alias one another, and the rows are split outside it), or is a placeholder when neither is asked for.
 
 
 def _norm_fake(x, weight, bias, eps, rms=False):
@@ -102,8 +103,9 @@ def _norm_backward(ctx, dy, *_dstats):
         return (None,) * len(ctx.needs_input_grad)
     x, weight, bias, mean, rstd = ctx.saved_tensors
     grads = list(ctx.needs_input_grad[:3]) if bias is not None else [*ctx.needs_input_grad[:2], False]
-    dx, dw, db = torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads)
-    dw, db = (dw if grads[1] else None), (db if grads[2] else None)
+    dx, dparams = torch.ops.playground.norm_backward(dy, x, weight, bias, mean, rstd, grads)
+    dw = dparams[0] if weight is not None and grads[1] else None
+    db = dparams[-1] if bias is not None and grads[2] else None
     return (dx, dw, db, None) if len(ctx.needs_input_grad) == 4 else (dx, dw, None)
 
 
@@ -121,16 +123,20 @@ def _rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tenso
 
 
 def _norm_bwd_fake(dy, x, weight, bias, mean, rstd, grads):
-    return (x.new_empty(x.shape), empty_if(weight is not None and grads[1], x.shape[-1:], x),
-            empty_if(bias is not None and grads[2], x.shape[-1:], x))
+    params = int(weight is not None) + int(bias is not None)
+    return x.new_empty(x.shape), empty_if(_needs_params(weight, bias, grads), (params, x.shape[-1]), x)
+
+
+def _needs_params(weight, bias, grads) -> bool:
+    return (weight is not None and grads[1]) or (bias is not None and grads[2])
 
 
 @custom_op("norm_backward", _norm_bwd_fake)
 def _norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                      mean: Optional[Tensor], rstd: Tensor, grads: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+                      mean: Optional[Tensor], rstd: Tensor, grads: list[bool]) -> tuple[Tensor, Tensor]:
     """``mean`` None: RMSNorm (the kernel reads no mean then)."""
-    dx, dw, db = _backward(dy, x, weight, bias, mean, rstd, mean is None, grads[1], grads[2])
-    return dx, or_placeholder(dw, x), or_placeholder(db, x)
+    dx, dparams = _backward(dy, x, weight, bias, mean, rstd, mean is None, _needs_params(weight, bias, grads))
+    return dx, or_placeholder(dparams, x)
 
 
 def _check(x, weight, bias, eps):

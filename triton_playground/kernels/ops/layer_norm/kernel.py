@@ -16,8 +16,9 @@ Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm)
 Both grids are persistent: a fixed number of programs (a few per SM forward, one backward) each walk a strided
 set of row tiles, so weight and bias are read once per program rather than once per row tile, and the backward
 keeps each program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
-the partials are summed afterwards (deterministic, no atomics). What the registers hold, and so which tiles a
-row width allows, is set out above the configs.
+the partials (dweight's and dbias's in one buffer) are summed afterwards by one torch sum and one cast
+(deterministic, no atomics). What the registers hold, and so which tiles a row width allows, is set out above the
+configs.
 """
 
 import triton
@@ -49,14 +50,18 @@ FWD_LIVE, BWD_LIVE = (1, 2, 64), (2, 3, 112)  # (tiles, vectors, values a thread
 # (BLOCK_M rows per program, warps). Wide rows want one row per program and many warps (16 warps leave 16
 # values of an 8192-wide row to a thread); narrow rows want several rows so that each thread still loads a few
 # 16-byte vectors. The backward's single program an SM makes its programs the wider ones, and its configs are
-# listed most bytes in flight a trip first: its persistent programs walk their rows one tile a trip, waiting on
-# each tile's loads, so the more rows and warps a trip, the nearer HBM's rate (the H100 model's programs' own
-# pace). Under the interpreter the default, or where the rule drops it the first config that fits, is the one
-# run and modeled: at 16384 x 4096 the backward models at 464 us with one row and 16 warps, 260 us with four.
+# listed most rows a trip first: its persistent programs walk their rows one tile a trip, waiting on each tile's
+# loads, so the more rows and warps a trip, the nearer HBM's rate (the H100 model's programs' own pace: a trip's
+# wait, and each warp's bytes in flight). 32 warps hold 64 registers a thread, the whole register file for the
+# one program: the rule's budget (40 values) then keeps 8 rows at 1024 columns, 2 at 4096 and 1 at 8192, where
+# the sm_90 report shows 64 registers and no spill (4 rows at 4096, 44 values, spill). Under the interpreter the
+# default, or where the rule drops it the first config that fits, is the one run and modeled: at 16384 x 4096
+# the backward's kernel models at 301 us with 2 rows and 16 warps (one program of 16 warps an SM), 219 us with
+# 2 rows and 32 warps; at 16384 x 1024, 109 us with 4 rows and 16 warps, 55 us with 8 rows and 32.
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 4), (4, 8), (8, 8), (16, 8)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-               for m, w in [(4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
+               for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
 
 
 def _fitting(configs, nargs, live):
@@ -189,10 +194,10 @@ def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, str
         tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
 
 
-@rt.autotune(BWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 4, "num_warps": 16}, prune=fits_bwd)
+@rt.autotune(BWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 8, "num_warps": 32}, prune=fits_bwd)
 @triton.jit
 def norm_bwd(
-    X, W, DY, DX, Mean, Rstd, DW_partial, DB_partial,
+    X, W, DY, DX, Mean, Rstd, Partial,
     n_rows, N, stride_xm, stride_xn, stride_dym, stride_dyn, stride_dxm, stride_dxn,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr, OUT_DTYPE_ROUND: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -200,6 +205,9 @@ def norm_bwd(
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
     cols0 = tl.arange(0, BLOCK_N)
+    # Partial is (grads, n_progs, N) fp32: dweight's partial rows first when there is a weight, then dbias's.
+    DW_partial = Partial
+    DB_partial = Partial + n_progs * N if HAS_W else Partial
     # dweight/dbias partials of this program: in registers when a row fits one tile, else in its own
     # row of the partial buffers (no other program touches it, so plain load/add/store is race-free).
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
