@@ -170,6 +170,13 @@ class Tuned:
 
         return launch
 
+    def forced_config(self):
+        """The config a test forces on this kernel now (:func:`force_config`), or None: a launch whose host code
+        depends on the tile (it skips launches a larger tile makes unnecessary) asks before launching, since a
+        forced config bypasses the prune rule."""
+        index = _forced.get(self.name)
+        return None if index is None else self.configs[index]
+
     def last_config(self):
         """The config of the latest launch (Triton's pick on a GPU), or None before the first."""
         if _forced.get(self.name) is None and self._autotuner is not None:

@@ -123,9 +123,9 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
             D, a["block_d"], causal, a["windowed"], False, a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
-        q, k, v, do, lse, delta, dk, dv, None, None,
-        q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),
-        H, M, N, *tail,
+        q, k, v, do, lse, delta, dk, dv, o, dq, None, None,
+        q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(), o.stride(), dq.stride(),
+        H, M, N, *tail, False,  # not WHOLE (varlen.py's short sequences)
     )
     attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
         q, k, v, do, lse, delta, dq, None, None,

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ... import _runtime as rt
 from .blocks import d_mask, head_rows, key_range, load_rows, query_block, sequence, store_rows, visible, walk_blocks
-from .kernel import TUNE_KEY, fits, tile_configs
+from .kernel import SMEM_BUDGET, TUNE_KEY, fits, tile_configs
 
 # Configs: see kernel.py's note (tiles times the TMA axis, the rules keep and fits). dK/dV: (BLOCK_M query rows
 # streamed, BLOCK_N keys resident, num_warps, num_stages); it holds two fp32 accumulators besides k and v, so it
@@ -31,6 +31,7 @@ DKDV_TILES = [
     (32, 64, 8, 2),
     (16, 128, 8, 2),
     (16, 64, 4, 2),  # head dim 256 / fp32
+    (32, 32, 8, 2),  # whole short sequences (WHOLE, <= 32 keys): mma.sync, see dkdv_fits
 ]
 # dQ: (BLOCK_M queries resident, BLOCK_N keys streamed, num_warps, num_stages), like the forward.
 DQ_TILES = [
@@ -45,9 +46,34 @@ DKDV_DEFAULT = {"BLOCK_M": 32, "BLOCK_N": 128, "TMA": True}  # the interpreter's
 DQ_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 64, "TMA": True}
 
 
+WHOLE_MAX = max(n for _, n, _, _ in DKDV_TILES)  # the longest sequence a dK/dV program can hold whole (128 keys)
+
+
 def dkdv_fits(configs, nargs):
-    """dK/dV's rule: k and v resident (BLOCK_N rows), q and dO streamed (BLOCK_M rows)."""
-    return fits(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False, tensors=("Q", "K", "V", "DO", "DK", "DV"))
+    """dK/dV's rule: k and v resident (BLOCK_N rows), q and dO streamed (BLOCK_M rows).
+
+    ``WHOLE`` (packed sequences of at most WHOLE_MAX keys: each program holds its sequence's every key and
+    computes delta and dq too, see :func:`attn_bwd_dkdv`): only key tiles that hold the longest sequence
+    (``N_BUCKET``), and of those the shortest: over 32-key documents a 32-key tile computes 1.94 times the
+    visible pairs, a 64-key one 3.9 times (the 32-key tile is under a warpgroup's 64 rows: mma.sync; its work is
+    half the 64-row tile's). Otherwise the 32-key tile is dropped: on long sequences it only adds trips."""
+    if nargs.get("WHOLE"):
+        whole = [c for c in configs if c.kwargs["BLOCK_N"] >= nargs["N_BUCKET"]]
+        shortest = min(c.kwargs["BLOCK_N"] for c in whole)
+        configs = [c for c in whole if c.kwargs["BLOCK_N"] == shortest]
+        tensors = ("Q", "K", "V", "DO", "DK", "DV", "O", "DQ")
+    else:
+        configs = [c for c in configs if c.kwargs["BLOCK_N"] > 32]
+        tensors = ("Q", "K", "V", "DO", "DK", "DV")
+    return fits(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False, tensors=tensors)
+
+
+def whole_keys(block_d, esize):
+    """The longest sequence (keys) a WHOLE dK/dV program can hold at this padded head dim and element size: the
+    widest key tile of which some config fits SMEM_BUDGET (kernel.py's estimate, k and v resident, q and dO
+    streamed), 0 if none. The launch goes WHOLE only up to it, so the rule above never has to keep a config over
+    the budget (fp32 at head dim 256 holds 64 keys, not 128)."""
+    return max((n for m, n, _, s in DKDV_TILES if (2 * n + s * 2 * m) * block_d * esize <= SMEM_BUDGET), default=0)
 
 
 def dq_fits(configs, nargs):
@@ -107,17 +133,55 @@ def _dkdv_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUS
     return dk, dv
 
 
+@triton.jit
+def _whole_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                 WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr):
+    """:func:`_dkdv_block` for a program that holds every key of its sequence (``WHOLE``): the query block's
+    delta comes from its o and dO rows here, and its dq is complete once this block is done (every key it sees
+    is resident), so it is stored right away. Key rows past kv_len (the tile is wider than the sequence) hold
+    zeros (TMA's zero fill, or the masked load): their P^T row is not masked in an interior block, but
+    multiplied by a zero k row it adds nothing to dq, and their dk, dv rows are never stored."""
+    dk, dv = state
+    (k, v, q_rows, do_rows, o_rows, dq_rows, lse_base, strides_q, strides_do, strides_o, strides_dq, offs_n, offs_d,
+     d_ok, sm_scale) = ctx
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    do = load_rows(do_rows, strides_do, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    o = load_rows(o_rows, strides_o, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # attn_bwd_delta's row term, rows past q_len 0
+    if MASK:
+        lse = tl.load(lse_base + offs_m, mask=offs_m < M, other=0.0)
+    else:  # interior block: every row exists
+        lse = tl.load(lse_base + offs_m)
+    pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+    if MASK:
+        pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk += tl.dot(dst, q, input_precision=PRECISION)
+    # dq = scale * dS @ K over this sequence's keys: all of them are in this program's tile
+    dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION) * sm_scale
+    store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(q.dtype), BLOCK_M, TMA)
+    return dk, dv
+
+
 @rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default=DKDV_DEFAULT, prune=dkdv_fits)
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS_Q, CU_SEQLENS_K,
-    strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
+    Q, K, V, DO, LSE, DELTA, DK, DV, O, DQ, CU_SEQLENS_Q, CU_SEQLENS_K,
+    strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv, strides_o, strides_dq,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
+    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr, WHOLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # WHOLE (packed sequences, each at most BLOCK_N keys: the launch guarantees it, see varlen.py): the one key
+    # block of a program is its sequence's every key, so each (query head, query block) of the sequence is walked
+    # by this program alone, once: it computes that block's delta (rowsum(dO * O)) and its whole dq as well,
+    # five matmuls a tile instead of this kernel's four plus dQ's three, and the delta and dQ launches are not
+    # made. O and DQ (and their strides) are read only then.
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS
@@ -168,9 +232,18 @@ def attn_bwd_dkdv(
         stats_h = stats + g * stats_per_head
         q_rows = head_rows(Q, strides_q, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
         do_rows = head_rows(DO, strides_do, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
-        ctx = (k, v, q_rows, do_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do, offs_n, offs_d, d_ok)
-        dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
-                             CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
+        if WHOLE:  # [m_lo, m_hi) is then every query row: start_n = 0 and end_n = kv_len (see above)
+            o_rows = head_rows(O, strides_o, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+            dq_rows = head_rows(DQ, strides_dq, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+            ctx = (k, v, q_rows, do_rows, o_rows, dq_rows, LSE + stats_h, strides_q, strides_do, strides_o,
+                   strides_dq, offs_n, offs_d, d_ok, sm_scale)
+            dk, dv = walk_blocks(_whole_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                                 CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
+        else:
+            ctx = (k, v, q_rows, do_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do, offs_n, offs_d,
+                   d_ok)
+            dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                                 CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
 
     dk = dk * sm_scale
     dk_rows = head_rows(DK, strides_dk, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)
