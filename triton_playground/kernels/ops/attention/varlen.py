@@ -22,6 +22,13 @@ so ``head_rows`` lands on the sequence's first row. The log-sum-exp and delta ro
 No split-KV here (a packed batch has ``num_seqs * heads`` programs per query block already); the delta kernel
 sees the packed rows as one dense batch (delta is per token).
 
+Short sequences. The prune rules size the tiles to the longest sequence (``max_seqlen_*``, up to a power of two):
+32 x 32 forward tiles for sequences of at most 32 tokens, 64-row ones up to 64 (a 128-row tile over 32-token
+documents computes 15.5 times their visible pairs). And when the longest sequence fits one dK/dV key tile (at
+most 128 keys, ``_whole``), the backward is one launch: each dK/dV program holds its sequence's every key
+(``WHOLE``), so it computes each query block's delta and its complete dq too (``kernel_bwd.py``): no delta or dQ
+launch, and five matmuls a tile instead of seven.
+
 TMA stays on: each program builds its tensor descriptors on the device with the shape of ITS sequence
 (``[q_len or kv_len, head_dim]`` from the sequence's first row), so a box that overhangs the sequence's end reads
 zeros and a store is clipped there, exactly as at a dense sequence's end: no read or write crosses into the next
@@ -188,7 +195,7 @@ def varlen_backward(q, k, v, o, lse, do, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     attn_bwd_dkdv[lambda meta: (triton.cdiv(max_seqlen_k, meta["BLOCK_N"]), seqs * HK)](
         q, k, v, do, lse, delta, dk, dv, o, dq, cu_seqlens_q, cu_seqlens_k,
         _as_4d(q), _as_4d(k), _as_4d(v), _as_4d(do), _as_4d(dk), _as_4d(dv), _as_4d(o), _as_4d(dq),
-        H, total_q, total_k, *tail, rt.tma_ok(q, k, v, do, dq, dk, dv, *((o,) if whole else ())), whole,
+        H, total_q, total_k, *tail, rt.tma_ok(q, k, v, do, dq, dk, dv, *((o,) if whole else ())), whole, False,
     )
     if total_q > 0 and not whole:
         attn_bwd_dq[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), seqs * H)](
