@@ -39,6 +39,7 @@ LOG2E = 1.4426950408889634  # the kernels' softmax is base 2: scores are scaled 
 MAX_HEAD_DIM = 256
 SPLIT_ALIGN = 128  # split-KV chunks are multiples of this (every BLOCK_N divides it)
 DQ_ADD_MIN_WINDOW = 1024  # the shortest window whose backward adds dq in dK/dV (_backward)
+DQ_ADD_MIN_KEYS = 4096  # and the shortest kv_len
 
 
 def _empty_like_layout(t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -128,8 +129,12 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     # bytes per (query row, key block) it sees, which L2 absorbs while a query row's band spans many key blocks.
     # With a short window it does not (H100 model at 16k tokens: a 256-key window's backward 0.60 -> 0.78 ms at
     # head dim 64, where no window goes 9.8 -> 7.3 ms and a 1024-key one 1.42 -> 1.27): there dQ is its own launch.
-    # Up to head dim 128: past it, dk, dv and the dq share do not fit a tile's registers.
-    dq_add = (not a["windowed"] or a["W"] >= DQ_ADD_MIN_WINDOW) and a["block_d"] <= 128
+    # Nor on short sequences: the dK/dV grid (a program per 128 keys) is then under a wave, and its programs, each
+    # carrying dQ's work too, pace the launch (model, batch 2 x 16 heads, head dim 128, no window: 2048 tokens
+    # 0.26 -> 0.32 ms, 4096 tokens 0.72 -> 0.59). Up to head dim 128: past it, dk, dv and the dq share do not fit
+    # a tile's registers.
+    dq_add = ((not a["windowed"] or a["W"] >= DQ_ADD_MIN_WINDOW) and a["block_d"] <= 128
+              and N >= DQ_ADD_MIN_KEYS)
     dq_acc = torch.zeros((B, H, M, D), dtype=torch.float32, device=q.device) if dq_add else dq
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
         q, k, v, do, lse, delta, dk, dv, o, dq_acc, None, None,

@@ -18,8 +18,8 @@ and streamed tiles arrive by TMA and dq, dk, dv leave by TMA stores; lse and del
 Which launches (the matmuls a visible tile costs: P^T, dV, dP^T and dK in dK/dV, P, dP and dQ in dQ; seven where
 the math needs five, since dQ recomputes P and dP):
 
-* dense attention (``api.py``) without a window or with one of 1024 keys or more: delta, then dK/dV with
-  ``DQ_ADD``: each tile also forms its share of dq,
+* dense attention (``api.py``) of 4096 keys or more, without a window or with one of 1024 keys or more: delta,
+  then dK/dV with ``DQ_ADD``: each tile also forms its share of dq,
   ``scale * dS @ K`` (the fifth matmul), and adds it atomically into an fp32 accumulator that the host zeroed
   and then casts into dq (FlashAttention-3's backward). Five matmuls a tile, not seven: the backward is
   compute-bound at length, and this cuts its FLOPs by 2/7. The order of a row's atomic adds varies between runs
@@ -27,9 +27,9 @@ the math needs five, since dQ recomputes P and dP):
 * packed sequences (``varlen.py``) of at most 128 keys (``WHOLE``): dK/dV alone; its one key tile is the
   sequence's every key, so each query block's dq is complete in the program that walks it (stored, no atomics)
   and its delta is formed there from o and dO.
-* shorter windows and longer packed sequences: delta, dK/dV, dQ (each row of dq written once, by its own
-  program; a short window's band spans few key blocks, and there the atomic traffic costs more than the two
-  matmuls it saves).
+* shorter sequences or windows, and longer packed sequences: delta, dK/dV, dQ (each row of dq written once, by
+  its own program; a short window's band spans few key blocks, and there the atomic traffic costs more than the
+  two matmuls it saves; a short sequence's dK/dV grid is under a wave, and dQ's own launch splits the work).
 """
 
 import triton
