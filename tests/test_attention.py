@@ -200,6 +200,25 @@ def test_small_tiles_cross_every_edge(kernel, index):
         _check_fwd_bwd(q, k, v, window=120)
 
 
+@pytest.mark.parametrize("index", range(len(attn_bwd_dkdv.configs)))
+@pytest.mark.parametrize("window", [None, 1030])
+def test_dq_added_by_every_dkdv_config(index, window, monkeypatch):
+    """The backward without a window or with a long one (DQ_ADD: dK/dV adds each key block's share of dq into an
+    fp32 accumulator, no dQ launch) under each dK/dV config: GQA, q_len < kv_len and neither a multiple of any
+    tile, so a query row's dq sums the shares of several key blocks (several programs) and the kv_len tail's;
+    fp32 and fp16 against float64, outputs NaN-poisoned."""
+    from triton_playground import kernels
+    from triton_playground.kernels.ops.attention import api
+
+    monkeypatch.setattr(api, "DQ_ADD_MIN_KEYS", 0)  # at any length (the launch keeps it for 4096 keys and more)
+    for dtype in (torch.float32, torch.float16):
+        q, k, v = _qkv(1, 4, 2, *((70, 1040) if window else (150, 299)), 24, dtype=dtype, seed=index,
+                       requires_grad=True)
+        with force_config(attn_bwd_dkdv, index), kernels.count() as counted:
+            _check_fwd_bwd(q, k, v, window=window)
+        assert "attn_bwd_dq" not in counted.by_kernel()
+
+
 @pytest.mark.parametrize("kernel,index", [pytest.param(kernel, index, id=f"{kernel.name}-{index}")
                                           for kernel in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq)
                                           for index, c in enumerate(kernel.configs) if c.kwargs["TMA"]])

@@ -2,6 +2,7 @@
 alone, NaN stays in its sequence, empty sequences, the document mask, the sweep's cases and peers, torch.compile,
 and only each sequence's tiles computed. (Split from tests/test_attention.py, which holds the dense op.)"""
 
+import contextlib
 import math
 
 import pytest
@@ -196,3 +197,71 @@ def test_varlen_computes_only_tiles_of_each_sequence(window):
             executed = sub.flops / (dots[name] * 2 * d)
             bound = visible + sum(math.ceil(n / resident) * resident * (resident + 2 * streamed) for n in lens)
             assert visible <= executed <= bound, (name, executed, visible, bound)
+
+
+SHORT_CASES = [
+    ((32, 32, 32, 32), None, 2, 1, 64, dict()),  # the sweep's short documents (16 of 32 tokens), GQA
+    ((5, 0, 1, 30, 12), (5, 3, 1, 31, 12), 4, 2, 24, dict(window=9)),  # empty, one token, q_len < kv_len, window
+    ((6, 0, 17), (4, 3, 20), 2, 2, 72, dict(causal=False)),  # not causal, q_len > kv_len
+    ((40, 0, 7), (70, 3, 7), 3, 1, 40, dict(window=50)),  # over 64 keys: the 128-key tile
+]
+
+
+def _check_short(q_lens, kv_lens, hq, hk, d, kw, dtype, index=None):
+    """One WHOLE-eligible call (under dK/dV config ``index`` forced, or the rule's pick) against the float64
+    reference; returns whether the backward ran as the dK/dV launch alone."""
+    from triton_playground import kernels
+    from triton_playground.kernels import force_config
+
+    kv_lens = kv_lens or q_lens
+    q, k, v, cu_q, cu_k = _packed(q_lens, kv_lens, hq, hk, d, dtype, seed=index or 0)
+    with contextlib.nullcontext() if index is None else force_config(attn_bwd_dkdv, index):
+        out = attention_varlen(q, k, v, cu_q, cu_k, **kw)
+        do = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(DEV, dtype)
+        with kernels.count() as bwd:
+            grads = torch.autograd.grad(out, (q, k, v), do)
+        whole = attn_bwd_dkdv.last_config().kwargs["BLOCK_N"] >= max(kv_lens)
+    launched = [r.kernel for r in bwd.records if r.source == "triton"]
+    assert launched == (["attn_bwd_dkdv"] if whole else ["attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq"])
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = attention_varlen_reference(*leaves, cu_q, cu_k, **kw)
+    ref_grads = torch.autograd.grad(ref, leaves, do.double())
+    assert rel_err(out, ref) <= TOL[dtype], (index, dtype)
+    for name, gr, rg in zip("qkv", grads, ref_grads):
+        assert rel_err(gr, rg) <= TOL[dtype], (name, index, dtype)
+    return whole
+
+
+@pytest.mark.parametrize("q_lens,kv_lens,hq,hk,d,kw", SHORT_CASES)
+def test_varlen_short_sequences_backward_in_one_launch(q_lens, kv_lens, hq, hk, d, kw):
+    """Sequences of at most 128 keys (WHOLE): the rule picks a key tile that holds the longest, and the backward is
+    the dK/dV launch alone (delta and dq computed in it), fp32 and fp16, against the float64 reference, outputs
+    NaN-poisoned before the kernels run."""
+    for dtype in (torch.float32, torch.float16):
+        assert _check_short(q_lens, kv_lens, hq, hk, d, kw, dtype)
+
+
+@pytest.mark.parametrize("index", range(len(attn_bwd_dkdv.configs)))
+def test_varlen_short_sequences_every_dkdv_config(index):
+    """Each dK/dV config forced on sequences of up to 70 keys: a tile that holds them runs WHOLE, a shorter one
+    (32, 64 keys) the three launches, both right."""
+    whole = _check_short(*SHORT_CASES[-1], torch.float32, index)
+    assert whole == (attn_bwd_dkdv.configs[index].kwargs["BLOCK_N"] >= 70)
+
+
+def test_varlen_short_sequences_compute_about_their_pairs():
+    """16 documents of 32 tokens (the sweep's shortest): the forward's 32 x 32 tile and the one-launch backward's
+    32-key tile execute under twice the visible pairs' least FLOPs (a 128 x 64 tile: 15.5 times)."""
+    from triton_playground import kernels
+    from triton_playground.kernels.ops.attention.spec import ATTENTION_VARLEN
+
+    lens, d = (32,) * 16, 16
+    q, k, v, cu_q, cu_k = _packed(lens, lens, 2, 2, d, torch.float16)
+    dims = {"q_heads": 2, "kv_heads": 2, "head_dim": d, "q_lens": lens}
+    with kernels.count() as fwd:
+        out = attention_varlen(q, k, v, cu_q, cu_k)
+    with kernels.count() as bwd:
+        out.backward(torch.ones_like(out))
+    for counter, mode in ((fwd, "fwd"), (bwd, "bwd")):
+        assert all(r.programs_run == r.programs for r in counter.records)  # counted whole, not sampled
+        assert ATTENTION_VARLEN.flops(dims, mode) <= counter.flops <= 2 * ATTENTION_VARLEN.flops(dims, mode), mode

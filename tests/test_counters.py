@@ -188,13 +188,14 @@ def _attention_case(n, head_dim, requires_grad):
 
 
 # Dot products of length head_dim per (query, key) pair, each 2 * head_dim FLOPs: the forward computes q.k and
-# p.v (2); dK/dV recomputes q.k and forms dv, dp and dk (4); dQ recomputes q.k and forms dp and dq (3).
+# p.v (2); dK/dV recomputes q.k and forms dv, dp and dk (4), and its share of dq where it adds it (5: no window or
+# a long one, then there is no dQ launch); dQ recomputes q.k and forms dp and dq (3).
 DOTS_PER_PAIR = {"attn_fwd": 2, "attn_bwd_dkdv": 4, "attn_bwd_dq": 3}
 
 
-@pytest.mark.parametrize("window", [None, 128, 512])
+@pytest.mark.parametrize("window", [None, 128, 512, 1024])
 @pytest.mark.parametrize("mode", ["fwd", "bwd"])
-def test_attention_computes_only_tiles_with_visible_pairs(window, mode):
+def test_attention_computes_only_tiles_with_visible_pairs(window, mode, monkeypatch):
     """N = 2048, head dim 64, causal: every kernel's executed pairs (its counted dot FLOPs / FLOPs per pair) are
     at least the visible pairs and at most those plus what tiles at the mask's edges add.
 
@@ -204,6 +205,9 @@ def test_attention_computes_only_tiles_with_visible_pairs(window, mode):
     executed <= visible + blocks * R * (R + 2 * S). Without block skipping — computing every tile up to the
     diagonal — the window's cases run 2.3 to 8 times the visible pairs and fail this.
     """
+    from triton_playground.kernels.ops.attention import api
+
+    monkeypatch.setattr(api, "DQ_ADD_MIN_KEYS", 0)  # the backward's dq added in dK/dV at this length too
     n, d = 2048, 64
     q, k, v = _attention_case(n, d, requires_grad=mode == "bwd")
     visible = visible_pairs(n, n, causal=True, window=window)
@@ -222,13 +226,18 @@ def test_attention_computes_only_tiles_with_visible_pairs(window, mode):
         config = tuned[name].last_config().kwargs
         resident, streamed = ((config["BLOCK_N"], config["BLOCK_M"]) if name == "attn_bwd_dkdv"
                               else (config["BLOCK_M"], config["BLOCK_N"]))
-        executed = sub.flops / (DOTS_PER_PAIR[name] * 2 * d)
+        dots = DOTS_PER_PAIR[name] + (name == "attn_bwd_dkdv" and "attn_bwd_dq" not in counter.by_kernel())
+        executed = sub.flops / (dots * 2 * d)
         bound = visible + math.ceil(n / resident) * resident * (resident + 2 * streamed)
         assert visible <= executed <= bound, (
             f"{name}: {executed:.0f} pairs executed, visible {visible}, tile bound {bound} "
             f"(resident {resident}, streamed {streamed})")
         checked += 1
-    assert checked == (1 if mode == "fwd" else 2)
+    if mode == "bwd":  # dq added by dK/dV's programs (DQ_ADD) without a window or with a long one: no dQ launch
+        dq_add = window is None or window >= 1024
+        assert [r.kernel for r in counter.records if r.source == "triton"] == (
+            ["attn_bwd_delta", "attn_bwd_dkdv"] + ([] if dq_add else ["attn_bwd_dq"]))
+    assert checked == (1 if mode == "fwd" else 1 + ("attn_bwd_dq" in counter.by_kernel()))
 
 
 # ------------------------------------------------------------------------------------------------ traffic

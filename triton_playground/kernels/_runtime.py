@@ -131,7 +131,7 @@ class Tuned:
     one, and under the interpreter a default that does not fit gives way to the first config that does.
     """
 
-    def __init__(self, fn, configs, key, default=None, prune=None):
+    def __init__(self, fn, configs, key, default=None, prune=None, reset_to_zero=None):
         self.fn = fn
         self.name = fn.__name__
         self.configs = list(configs)
@@ -142,7 +142,7 @@ class Tuned:
         if not INTERPRET and not COMPILE_ONLY and len(self.configs) > 1:
             prune_by = {"early_config_prune": lambda cs, nargs, **kw: prune(cs, {**nargs, **kw})} if prune else None
             self._autotuner = triton.autotune(self.configs, key=key, cache_results=True,
-                                              prune_configs_by=prune_by)(fn)
+                                              prune_configs_by=prune_by, reset_to_zero=reset_to_zero)(fn)
 
     def __repr__(self):
         return f"Tuned({self.name}, {len(self.configs)} configs)"
@@ -170,6 +170,13 @@ class Tuned:
 
         return launch
 
+    def forced_config(self):
+        """The config a test forces on this kernel now (:func:`force_config`), or None: a launch whose host code
+        depends on the tile (it skips launches a larger tile makes unnecessary) asks before launching, since a
+        forced config bypasses the prune rule."""
+        index = _forced.get(self.name)
+        return None if index is None else self.configs[index]
+
     def last_config(self):
         """The config of the latest launch (Triton's pick on a GPU), or None before the first."""
         if _forced.get(self.name) is None and self._autotuner is not None:
@@ -191,9 +198,11 @@ def find_config(configs, named: dict | None, kernel_name: str):
     return matches[0]
 
 
-def autotune(configs, key, default=None, prune=None):
-    """Decorator: ``@autotune(configs, key=[...], default={...})`` above ``@triton.jit`` makes a :class:`Tuned`."""
-    return lambda fn: Tuned(fn, configs, key, default=default, prune=prune)
+def autotune(configs, key, default=None, prune=None, reset_to_zero=None):
+    """Decorator: ``@autotune(configs, key=[...], default={...})`` above ``@triton.jit`` makes a :class:`Tuned`.
+    ``reset_to_zero``: the names of arguments the kernel accumulates into (atomics), which Triton's autotuner zeroes
+    before each of its timing runs (else every run would add to the last)."""
+    return lambda fn: Tuned(fn, configs, key, default=default, prune=prune, reset_to_zero=reset_to_zero)
 
 
 @contextlib.contextmanager

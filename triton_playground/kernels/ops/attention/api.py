@@ -38,6 +38,8 @@ from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
 LOG2E = 1.4426950408889634  # the kernels' softmax is base 2: scores are scaled by scale * log2(e)
 MAX_HEAD_DIM = 256
 SPLIT_ALIGN = 128  # split-KV chunks are multiples of this (every BLOCK_N divides it)
+DQ_ADD_MIN_WINDOW = 1024  # the shortest window whose backward adds dq in dK/dV (_backward)
+DQ_ADD_MIN_KEYS = 4096  # and the shortest kv_len
 
 
 def _empty_like_layout(t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -122,16 +124,31 @@ def _backward(q, k, v, o, lse, do, causal, window, scale):
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
             D, a["block_d"], causal, a["windowed"], False, a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
+    # DQ_ADD (kernel_bwd.py): each dK/dV program adds its key block's share of dq into an fp32 accumulator, cast
+    # into dq after; no dQ launch. Five matmuls a tile instead of seven, for fp32 atomic traffic of 8 * head_dim
+    # bytes per (query row, key block) it sees, which L2 absorbs while a query row's band spans many key blocks.
+    # With a short window it does not (H100 model at 16k tokens: a 256-key window's backward 0.60 -> 0.78 ms at
+    # head dim 64, where no window goes 9.8 -> 7.3 ms and a 1024-key one 1.42 -> 1.27): there dQ is its own launch.
+    # Nor on short sequences: the dK/dV grid (a program per 128 keys) is then under a wave, and its programs, each
+    # carrying dQ's work too, pace the launch (model, batch 2 x 16 heads, head dim 128, no window: 2048 tokens
+    # 0.26 -> 0.32 ms, 4096 tokens 0.72 -> 0.59). Up to head dim 128: past it, dk, dv and the dq share do not fit
+    # a tile's registers.
+    dq_add = ((not a["windowed"] or a["W"] >= DQ_ADD_MIN_WINDOW) and a["block_d"] <= 128
+              and N >= DQ_ADD_MIN_KEYS)
+    dq_acc = torch.zeros((B, H, M, D), dtype=torch.float32, device=q.device) if dq_add else dq
     attn_bwd_dkdv[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * HK)](
-        q, k, v, do, lse, delta, dk, dv, None, None,
-        q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(),
-        H, M, N, *tail,
+        q, k, v, do, lse, delta, dk, dv, o, dq_acc, None, None,
+        q.stride(), k.stride(), v.stride(), do.stride(), dk.stride(), dv.stride(), o.stride(), dq_acc.stride(),
+        H, M, N, *tail, False, dq_add,  # never WHOLE (varlen.py's short sequences)
     )
-    attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq, None, None,
-        q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
-        H, M, N, *tail,
-    )
+    if dq_add:
+        dq.copy_(dq_acc)
+    else:
+        attn_bwd_dq[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H)](
+            q, k, v, do, lse, delta, dq, None, None,
+            q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(),
+            H, M, N, *tail,
+        )
     return dq, dk, dv
 
 

@@ -96,6 +96,7 @@ FWD_TILES = [
     (128, 128, 8, 2),
     (64, 64, 4, 2),
     (64, 32, 4, 2),  # head dim 256 / fp32
+    (32, 32, 8, 2),  # short packed documents (<= 32 tokens): mma.sync, see fwd_fits
     (16, 128, 4, 2),  # decode: q_len <= 16
     (16, 64, 4, 2),  # decode, head dim 256
 ]
@@ -144,7 +145,14 @@ def fwd_fits(configs, nargs):
     the 128 that ptxas gives them (4-8 bytes of spill, ``triton-playground report attention_varlen``)."""
     if nargs.get("VARLEN") and nargs["M_BUCKET"] > 16:  # before the short-q rule, which would keep them
         configs = [c for c in configs if c.kwargs["BLOCK_M"] > 16] or configs
-    return fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
+    fit = fits(configs, nargs, "BLOCK_M", "BLOCK_N", 1, short_q=True, tensors=("Q", "K", "V", "O"))
+    # Short keys too (N_BUCKET: kv_len, or packed the longest sequence's, up to a power of two): drop key tiles
+    # wider than them when a narrower one is left. A tile computes every pair of its block, so over 32-token
+    # documents a 128 x 64 tile computes 15.5 times the visible pairs, a 64 x 64 one 7.8 times, the 32 x 32 one
+    # 1.94 times (its 32 rows are under a warpgroup's 64: mma.sync, not wgmma, which the 64-row tile's doubled
+    # work would not repay).
+    narrow = [c for c in fit if c.kwargs["BLOCK_N"] <= max(32, nargs["N_BUCKET"])]
+    return narrow or fit
 
 
 # --------------------------------------------------------------------------------------------------------------

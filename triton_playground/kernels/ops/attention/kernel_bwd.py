@@ -14,6 +14,22 @@ forward. Both use the forward's three-loop block skipping (masked edge, unmasked
 ``walk_blocks``, with their own loop bodies), with the ranges seen from the other side. fp16/bf16: ``p`` and
 ``dS`` are rounded to the input dtype for their matmuls; every accumulator is fp32. With ``TMA`` the resident
 and streamed tiles arrive by TMA and dq, dk, dv leave by TMA stores; lse and delta are rows of fp32 (pointers).
+
+Which launches (the matmuls a visible tile costs: P^T, dV, dP^T and dK in dK/dV, P, dP and dQ in dQ; seven where
+the math needs five, since dQ recomputes P and dP):
+
+* dense attention (``api.py``) of 4096 keys or more, without a window or with one of 1024 keys or more: delta,
+  then dK/dV with ``DQ_ADD``: each tile also forms its share of dq,
+  ``scale * dS @ K`` (the fifth matmul), and adds it atomically into an fp32 accumulator that the host zeroed
+  and then casts into dq (FlashAttention-3's backward). Five matmuls a tile, not seven: the backward is
+  compute-bound at length, and this cuts its FLOPs by 2/7. The order of a row's atomic adds varies between runs
+  on a GPU, so dq is not bit-for-bit reproducible there (as in FlashAttention's backward).
+* packed sequences (``varlen.py``) of at most 128 keys (``WHOLE``): dK/dV alone; its one key tile is the
+  sequence's every key, so each query block's dq is complete in the program that walks it (stored, no atomics)
+  and its delta is formed there from o and dO.
+* shorter sequences or windows, and longer packed sequences: delta, dK/dV, dQ (each row of dq written once, by
+  its own program; a short window's band spans few key blocks, and there the atomic traffic costs more than the
+  two matmuls it saves; a short sequence's dK/dV grid is under a wave, and dQ's own launch splits the work).
 """
 
 import triton
@@ -21,7 +37,7 @@ import triton.language as tl
 
 from ... import _runtime as rt
 from .blocks import d_mask, head_rows, key_range, load_rows, query_block, sequence, store_rows, visible, walk_blocks
-from .kernel import TUNE_KEY, fits, tile_configs
+from .kernel import SMEM_BUDGET, TUNE_KEY, fits, tile_configs
 
 # Configs: see kernel.py's note (tiles times the TMA axis, the rules keep and fits). dK/dV: (BLOCK_M query rows
 # streamed, BLOCK_N keys resident, num_warps, num_stages); it holds two fp32 accumulators besides k and v, so it
@@ -31,6 +47,7 @@ DKDV_TILES = [
     (32, 64, 8, 2),
     (16, 128, 8, 2),
     (16, 64, 4, 2),  # head dim 256 / fp32
+    (32, 32, 8, 2),  # whole short sequences (WHOLE, <= 32 keys): mma.sync, see dkdv_fits
 ]
 # dQ: (BLOCK_M queries resident, BLOCK_N keys streamed, num_warps, num_stages), like the forward.
 DQ_TILES = [
@@ -45,9 +62,49 @@ DKDV_DEFAULT = {"BLOCK_M": 32, "BLOCK_N": 128, "TMA": True}  # the interpreter's
 DQ_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 64, "TMA": True}
 
 
+WHOLE_MAX = max(n for _, n, _, _ in DKDV_TILES)  # the longest sequence a dK/dV program can hold whole (128 keys)
+
+
 def dkdv_fits(configs, nargs):
-    """dK/dV's rule: k and v resident (BLOCK_N rows), q and dO streamed (BLOCK_M rows)."""
-    return fits(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False, tensors=("Q", "K", "V", "DO", "DK", "DV"))
+    """dK/dV's rule: k and v resident (BLOCK_N rows), q and dO streamed (BLOCK_M rows).
+
+    ``WHOLE`` (packed sequences of at most WHOLE_MAX keys: each program holds its sequence's every key and
+    computes delta and dq too, see :func:`attn_bwd_dkdv`): only key tiles that hold the longest sequence
+    (``N_BUCKET``), and of those the shortest: over 32-key documents a 32-key tile computes 1.94 times the
+    visible pairs, a 64-key one 3.9 times (the 32-key tile is under a warpgroup's 64 rows: mma.sync; its work is
+    half the 64-row tile's). Otherwise the 32-key tile is dropped: on long sequences it only adds trips."""
+    if nargs.get("WHOLE"):
+        if nargs["BLOCK_D"] >= 128:
+            # head dim 128: the o tile, delta and the dq tile on top of dk, dv leave room for at most 2048 pairs a
+            # tile on 8 warps, and only on the pointer path (the TMA variants, eight descriptors a program, spill
+            # 8-160 bytes; 32 x 128 tiles 20 without TMA, 4-warp ones 12: triton-playground report
+            # attention_varlen)
+            configs = [c for c in configs if not c.kwargs["TMA"] and c.num_warps == 8
+                       and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 2048]
+        whole = [c for c in configs if c.kwargs["BLOCK_N"] >= nargs["N_BUCKET"]]
+        shortest = min(c.kwargs["BLOCK_N"] for c in whole)
+        configs = [c for c in whole if c.kwargs["BLOCK_N"] == shortest]
+        tensors = ("Q", "K", "V", "DO", "DK", "DV", "O", "DQ")
+    else:
+        configs = [c for c in configs if c.kwargs["BLOCK_N"] > 32]
+        tensors = ("Q", "K", "V", "DO", "DK", "DV")
+    if nargs.get("DQ_ADD"):
+        # the atomic dq traffic is per (query row, key block): only the widest key tile (128), which halves it;
+        # and at head dim 128 only 16 query rows, since a 32-row tile's dq share (a third fp32 accumulator beside
+        # dk and dv, and its atomic addresses) spills with TMA (84 bytes, triton-playground report attention)
+        wide = [c for c in configs if c.kwargs["BLOCK_N"] == WHOLE_MAX]
+        configs = [c for c in wide if nargs["BLOCK_D"] < 128 or c.kwargs["BLOCK_M"] == 16] or wide or configs
+    return fits(configs, nargs, "BLOCK_N", "BLOCK_M", 2, short_q=False, tensors=tensors)
+
+
+def whole_keys(block_d, esize):
+    """The longest sequence (keys) a WHOLE dK/dV program can hold at this padded head dim and element size: the
+    widest key tile of which some config fits SMEM_BUDGET (kernel.py's estimate, k and v resident, q and dO
+    streamed), 0 if none. The launch goes WHOLE only up to it, so the rule above never has to keep a config over
+    the budget. Past head dim 128, none: dk, dv, the o tile and the dq tile do not fit a tile's registers."""
+    if block_d > 128:
+        return 0
+    return max((n for m, n, _, s in DKDV_TILES if (2 * n + s * 2 * m) * block_d * esize <= SMEM_BUDGET), default=0)
 
 
 def dq_fits(configs, nargs):
@@ -107,17 +164,87 @@ def _dkdv_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUS
     return dk, dv
 
 
-@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY, default=DKDV_DEFAULT, prune=dkdv_fits)
+@triton.jit
+def _dkdv_dq_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                   WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                   WHOLE: tl.constexpr):
+    """:func:`_dkdv_block` that also forms this key block's share of the query block's dq, ``scale * dS @ K``
+    (the fifth matmul, in place of the dQ kernel's three), and writes it:
+
+    * ``WHOLE`` (the program holds every key of its sequence): that share is the whole dq, stored right away; and
+      the query block's delta is formed here from its o and dO rows (no delta launch).
+    * else (``DQ_ADD``): added into the fp32 dq accumulator with an atomic add (the key blocks of a query block
+      are different programs); delta comes from attn_bwd_delta.
+
+    Key rows past kv_len (the tile is wider than the sequence) hold zeros (TMA's zero fill, or the masked load):
+    their P^T row is not masked in an interior block, but multiplied by a zero k row it adds nothing to dq, and
+    their dk, dv rows are never stored."""
+    dk, dv = state
+    (k, v, q_rows, do_rows, o_rows, dq_rows, lse_base, delta_base, strides_q, strides_do, strides_o, strides_dq,
+     offs_n, offs_d, d_ok, sm_scale) = ctx
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = load_rows(q_rows, strides_q, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    do = load_rows(do_rows, strides_do, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+    if WHOLE:  # attn_bwd_delta's row term; rows past q_len load as zeros
+        o = load_rows(o_rows, strides_o, start_m, M, offs_d, d_ok, BLOCK_M, MASK, TMA)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    elif MASK:
+        delta = tl.load(delta_base + offs_m, mask=offs_m < M, other=0.0)
+    else:  # interior block: every row exists
+        delta = tl.load(delta_base + offs_m)
+    if MASK:
+        lse = tl.load(lse_base + offs_m, mask=offs_m < M, other=0.0)
+    else:
+        lse = tl.load(lse_base + offs_m)
+    pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+    if MASK:
+        pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk += tl.dot(dst, q, input_precision=PRECISION)
+    dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION) * sm_scale
+    if WHOLE:
+        store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(q.dtype), BLOCK_M, TMA)
+    else:  # dq_rows: the head's base pointer in the fp32 accumulator (atomics take pointers, never TMA)
+        tl.atomic_add(dq_rows + offs_m.to(tl.int64)[:, None] * strides_dq[2] + offs_d[None, :] * strides_dq[3], dq,
+                      mask=(offs_m < M)[:, None] & d_ok[None, :], sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _whole_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                 WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr):
+    return _dkdv_dq_block(state, ctx, start_m, M, N, W, qk_scale, MASK, CAUSAL, WINDOWED, PRECISION, TMA, BLOCK_M,
+                          True)
+
+
+@triton.jit
+def _dq_add_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                  WINDOWED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr):
+    return _dkdv_dq_block(state, ctx, start_m, M, N, W, qk_scale, MASK, CAUSAL, WINDOWED, PRECISION, TMA, BLOCK_M,
+                          False)
+
+
+@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY + ["WHOLE", "DQ_ADD"], default=DKDV_DEFAULT, prune=dkdv_fits, reset_to_zero=["DQ"])
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS_Q, CU_SEQLENS_K,
-    strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv,
+    Q, K, V, DO, LSE, DELTA, DK, DV, O, DQ, CU_SEQLENS_Q, CU_SEQLENS_K,
+    strides_q, strides_k, strides_v, strides_do, strides_dk, strides_dv, strides_o, strides_dq,
     H, M, N, GROUP, W, qk_scale, sm_scale,
     M_BUCKET, N_BUCKET, W_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
+    VARLEN: tl.constexpr, PRECISION: tl.constexpr, TMA_FITS: tl.constexpr, WHOLE: tl.constexpr,
+    DQ_ADD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
 ):
+    # WHOLE (packed sequences, each at most BLOCK_N keys: the launch guarantees it, see varlen.py): the one key
+    # block of a program is its sequence's every key, so each (query head, query block) of the sequence is walked
+    # by this program alone, once: it computes that block's delta (rowsum(dO * O)) and its whole dq as well,
+    # five matmuls a tile instead of this kernel's four plus dQ's three, and the delta and dQ launches are not
+    # made. O and DQ (and their strides) are read only then.
+    # DQ_ADD (dense attention, long bands: see api.py): the same fifth matmul on every tile, its dq share added atomically into
+    # DQ, an fp32 accumulator zeroed by the launch (FlashAttention-3's backward): dQ's own launch, which recomputed
+    # P and dP (three matmuls a tile where this adds one), is not made.
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS
@@ -168,9 +295,24 @@ def attn_bwd_dkdv(
         stats_h = stats + g * stats_per_head
         q_rows = head_rows(Q, strides_q, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
         do_rows = head_rows(DO, strides_do, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
-        ctx = (k, v, q_rows, do_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do, offs_n, offs_d, d_ok)
-        dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
-                             CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
+        if WHOLE:  # [m_lo, m_hi) is then every query row: start_n = 0 and end_n = kv_len (see above)
+            o_rows = head_rows(O, strides_o, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+            dq_rows = head_rows(DQ, strides_dq, q0, h, q_desc_rows, HEAD_DIM, BLOCK_M, BLOCK_D, DESCRIBED)
+            ctx = (k, v, q_rows, do_rows, o_rows, dq_rows, LSE + stats_h, DELTA, strides_q, strides_do, strides_o,
+                   strides_dq, offs_n, offs_d, d_ok, sm_scale)
+            dk, dv = walk_blocks(_whole_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                                 CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
+        elif DQ_ADD:  # DQ: the fp32 accumulator, by pointers
+            dq_rows = head_rows(DQ, strides_dq, q0, h, M, HEAD_DIM, BLOCK_M, BLOCK_D, False)
+            ctx = (k, v, q_rows, do_rows, q_rows, dq_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do,
+                   strides_q, strides_dq, offs_n, offs_d, d_ok, sm_scale)
+            dk, dv = walk_blocks(_dq_add_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                                 CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
+        else:
+            ctx = (k, v, q_rows, do_rows, LSE + stats_h, DELTA + stats_h, strides_q, strides_do, offs_n, offs_d,
+                   d_ok)
+            dk, dv = walk_blocks(_dkdv_block, (dk, dv), ctx, (m_lo, full_lo, full_hi, m_hi), M, N, W, qk_scale,
+                                 CAUSAL, WINDOWED, PRECISION, DESCRIBED, BLOCK_M)
 
     dk = dk * sm_scale
     dk_rows = head_rows(DK, strides_dk, k0, hk, N, HEAD_DIM, BLOCK_N, BLOCK_D, DESCRIBED)

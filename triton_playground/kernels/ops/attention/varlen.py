@@ -22,6 +22,13 @@ so ``head_rows`` lands on the sequence's first row. The log-sum-exp and delta ro
 No split-KV here (a packed batch has ``num_seqs * heads`` programs per query block already); the delta kernel
 sees the packed rows as one dense batch (delta is per token).
 
+Short sequences. The prune rules size the tiles to the longest sequence (``max_seqlen_*``, up to a power of two):
+32 x 32 forward tiles for sequences of at most 32 tokens, 64-row ones up to 64 (a 128-row tile over 32-token
+documents computes 15.5 times their visible pairs). And when the longest sequence fits one dK/dV key tile (at
+most 128 keys, ``_whole``), the backward is one launch: each dK/dV program holds its sequence's every key
+(``WHOLE``), so it computes each query block's delta and its complete dq too (``kernel_bwd.py``): no delta or dQ
+launch, and five matmuls a tile instead of seven.
+
 TMA stays on: each program builds its tensor descriptors on the device with the shape of ITS sequence
 (``[q_len or kv_len, head_dim]`` from the sequence's first row), so a box that overhangs the sequence's end reads
 zeros and a store is clipped there, exactly as at a dense sequence's end: no read or write crosses into the next
@@ -48,7 +55,7 @@ from ... import _runtime as rt
 from ..._custom_op import custom_op, extras_are_not_differentiable
 from .api import LOG2E, MAX_HEAD_DIM, _bucket, _empty_like_layout, check_mask_args
 from .kernel import attn_fwd
-from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq
+from .kernel_bwd import attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dq, whole_keys
 from ...common.precision import attention_dot_precision
 
 
@@ -174,28 +181,39 @@ def varlen_backward(q, k, v, o, lse, do, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     dq, dk, dv = _empty_like_layout(q), _empty_like_layout(k), _empty_like_layout(v)
     if total_k == 0 or seqs == 0:
         return dq, dk, dv
-    # delta per token: the packed rows as one dense (1, heads, total_q, head_dim) batch
-    delta = rt.empty((H, total_q), torch.float32, q.device)
-    if total_q > 0:
+    whole = _whole(max_seqlen_k, a["block_d"], q.element_size())
+    # delta per token: the packed rows as one dense (1, heads, total_q, head_dim) batch (WHOLE: in dK/dV)
+    delta = rt.empty((H, total_q) if not whole else (0,), torch.float32, q.device)
+    if total_q > 0 and not whole:
         attn_bwd_delta[lambda meta: (triton.cdiv(total_q, meta["BLOCK_M"]), H)](
             o, do, delta, (0, *o.stride()[1::-1], o.stride(2)), (0, *do.stride()[1::-1], do.stride(2)), H, total_q,
             D, a["block_d"],
         )
     tail = (a["group"], a["W"], scale * LOG2E, scale, *a["buckets"],
-            D, a["block_d"], causal, a["windowed"], True, a["precision"], rt.tma_ok(q, k, v, do, dq, dk, dv))
+            D, a["block_d"], causal, a["windowed"], True, a["precision"])
     # every key row gets its dk, dv (zero for a sequence without queries): the dK/dV grid covers every sequence
     attn_bwd_dkdv[lambda meta: (triton.cdiv(max_seqlen_k, meta["BLOCK_N"]), seqs * HK)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k,
-        _as_4d(q), _as_4d(k), _as_4d(v), _as_4d(do), _as_4d(dk), _as_4d(dv),
-        H, total_q, total_k, *tail,
+        q, k, v, do, lse, delta, dk, dv, o, dq, cu_seqlens_q, cu_seqlens_k,
+        _as_4d(q), _as_4d(k), _as_4d(v), _as_4d(do), _as_4d(dk), _as_4d(dv), _as_4d(o), _as_4d(dq),
+        H, total_q, total_k, *tail, rt.tma_ok(q, k, v, do, dq, dk, dv, *((o,) if whole else ())), whole, False,
     )
-    if total_q > 0:
+    if total_q > 0 and not whole:
         attn_bwd_dq[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), seqs * H)](
             q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
             _as_4d(q), _as_4d(k), _as_4d(v), _as_4d(do), _as_4d(dq),
-            H, total_q, total_k, *tail,
+            H, total_q, total_k, *tail, rt.tma_ok(q, k, v, do, dq, dk, dv),
         )
     return dq, dk, dv
+
+
+def _whole(max_seqlen_k, block_d, esize):
+    """Whether the dK/dV launch holds each sequence whole (``WHOLE``: a program's key tile is its sequence's every
+    key, and it computes delta and dq too; ``kernel_bwd.attn_bwd_dkdv``): when the longest sequence fits the
+    widest key tile that fits shared memory, and, while a test forces a dK/dV config (which bypasses the prune
+    rule that keeps only tiles holding the longest sequence), when the forced tile holds it."""
+    forced = attn_bwd_dkdv.forced_config()
+    widest = whole_keys(block_d, esize) if forced is None else forced.kwargs["BLOCK_N"]
+    return 0 < max_seqlen_k <= widest
 
 
 # ------------------------------------------------------------------------------------------------ the custom ops
