@@ -2,7 +2,8 @@
 
 The interpreter accepts code the compiler rejects (a variable bound in one branch of a runtime ``if``, a dot
 tile under 16, shared memory past the chip's limit). This drives each op's wrappers, forward and backward, in fp32
-on its ``config_dims`` case (a shape no tile divides: every load and store masked), with
+on its ``config_dims`` case (a shape no tile divides: every load and store masked) and its ``compile_examples``
+(variants the host picks from sizes, such as attention's dq added from the dK/dV pass at 4096 keys), with
 ``KERNELS_COMPILE_ONLY=1``: each launch compiles the kernel through Triton's real pipeline down to a cubin (ptxas
 ships with Triton) against a stand-in driver, and runs nothing. Outputs are therefore garbage; only compilation
 is checked.
@@ -55,28 +56,32 @@ def check(names) -> tuple[list[str], int]:
     for name in names:
         spec = kernels.OPS[name]
         tuned = collect.op_kernels(spec)  # every autotuned kernel of the op's package: each launch is decided
+        variants = set()
         for index in range(max(len(k.configs) for k in tuned)):
-            case = _cast(spec.make_case(spec.config_dims, torch.float64, "cpu",
-                                        requires_grad="bwd" in spec.modes), torch.float32)
-            label, before = f"{name} config {index} fp32", len(failures)
-            try:
-                with rt.force_configs(tuned, index), collect.recording(tuned, compile=_may_run) as launches:
-                    collect.run_case(spec, case)
-            except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
-                failures.append(f"{label}: {type(e).__name__}: {e}")
+            label, before, launches = f"{name} config {index} fp32", len(failures), []
+            for dims in (spec.config_dims, *spec.compile_examples):
+                case = _cast(spec.make_case(dims, torch.float64, "cpu", requires_grad="bwd" in spec.modes),
+                             torch.float32)
+                try:
+                    with rt.force_configs(tuned, index), collect.recording(tuned, compile=_may_run) as more:
+                        collect.run_case(spec, case)
+                except Exception as e:  # noqa: BLE001  (collect every failure, report them all)
+                    failures.append(f"{label} {dims}: {type(e).__name__}: {e}")
+                launches += more
             for launch in launches:
                 config = f"{launch.kernel.name} {launch.kernel.configs[launch.config]} [{launch.variant}]"
                 if launch.error:
                     failures.append(f"{label}: {config}: {launch.error}")
                 elif launch.compiled is not None:
                     compiled += 1
+                    variants.add(f"{launch.kernel.name} [{launch.variant}]")
                     shared = launch.compiled.metadata.shared
                     if shared > rt.H100_SHARED_MEMORY:
                         failures.append(f"{label}: {config} needs {shared} bytes of shared memory; an H100 "
                                         f"program has {rt.H100_SHARED_MEMORY}")
             for failure in failures[before:]:
                 print("FAIL", failure.splitlines()[0], flush=True)
-        print(f"{name}: compiled", flush=True)
+        print(f"{name}: compiled", "; ".join(sorted(variants)), flush=True)
     return failures, compiled
 
 

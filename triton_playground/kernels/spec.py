@@ -102,6 +102,9 @@ class OpSpec:
     compile_reference: bool = True
     # dims always tested besides hypothesis' draws: the paths a small random draw may miss (a looped wide row...).
     examples: tuple = ()
+    # dims the fp32 compile check (tests/compile_check.py) compiles besides config_dims: kernel variants the host
+    # picks from sizes config_dims does not reach.
+    compile_examples: tuple = ()
     # names of kernels the counters must run whole even when sampling (their outputs steer later launches: the MoE
     # router and dispatch); see kernels/perf/counters.py.
     count_exact: tuple = ()

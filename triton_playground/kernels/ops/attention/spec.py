@@ -140,6 +140,9 @@ ATTENTION = OpSpec(
     # kv_len tails, the diagonal, the window's edge, and (for all but the widest tiles) unmasked interior blocks.
     config_dims={"batch": 1, "q_heads": 2, "kv_heads": 1, "q_len": 150, "kv_len": 299, "head_dim": 24,
                  "causal": True, "window": 250},
+    # from 4096 keys without a window the backward adds dq from the dK/dV pass (DQ_ADD): its fp32 variant
+    compile_examples=({"batch": 1, "q_heads": 2, "kv_heads": 1, "q_len": 150, "kv_len": 4099, "head_dim": 24,
+                       "causal": True, "window": None},),
     sweep_cases=_sweep_cases,
     quick_panels=({"head_dim": 128, "window": None}, {"head_dim": 128, "window": 1024}),
     flops=_flops,
@@ -323,6 +326,9 @@ ATTENTION_VARLEN = OpSpec(
     # config_dims cover the block walk at length), and a short sequence after it; GQA, head dim 24, window 150
     config_dims={"q_heads": 2, "kv_heads": 1, "q_lens": (0, 1, 70, 20), "kv_lens": (3, 1, 200, 20),
                  "head_dim": 24, "causal": True, "window": 150},
+    # sequences of <= 128 keys: the backward holds each whole in one dK/dV program (WHOLE): its fp32 variant
+    compile_examples=({"q_heads": 2, "kv_heads": 1, "q_lens": (0, 1, 70, 20), "kv_lens": (3, 1, 100, 20),
+                       "head_dim": 24, "causal": True, "window": 150},),
     sweep_cases=_varlen_sweep_cases,
     quick_panels=({"docs": 4, "head_dim": 128, "window": None},),
     flops=_varlen_flops,
