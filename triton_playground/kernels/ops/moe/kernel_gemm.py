@@ -217,18 +217,14 @@ def moe_gate_up(
 
 
 # (BLOCK_N of hidden, BLOCK_K of inner, warps, stages); a stage is BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N
-# elements, stages-1 of them resident: <= 192 KB at BLOCK_M = 128 in fp32. The default: the widest, (256, 64), TMA:
-# each N tile re-reads the block's activation rows, so 256 columns halve that traffic against 128 (at OLMoE's
-# shape, 16k tokens: 7.4 GB requested instead of 9.7 in the forward, 14 instead of 18 in the backward's dx), for
-# the same occupancy (shared memory holds one 8-warp program an SM either way: the report, bf16 at BLOCK_M = 128,
-# 172 registers and no spill against 96).
+# elements, stages-1 of them resident: <= 192 KB at BLOCK_M = 128 in fp32. The default: (128, 64), TMA.
 DOWN_CONFIGS, DOWN_FMA = _gemm_configs([(128, 64, 8, 4), (256, 64, 8, 3), (128, 32, 4, 5), (64, 64, 4, 4)],
                                        [(32, 32, 8, 3), (64, 32, 8, 3)])
 
 
 @rt.autotune(DOWN_CONFIGS, key=["hidden", "inner", "BLOCK_M", "D_K_MAJOR", "TMA_FITS", "WEIGHTED"],
              prune=_keeper(DOWN_FMA, lambda a: [a["H"], tma_weights(a["D"])]),
-             default={"BLOCK_N": 256, "BLOCK_K": 64, "TMA": True})
+             default={"BLOCK_N": 128, "BLOCK_K": 64, "TMA": True})
 @triton.jit
 def moe_down(
     H, D, Y, SortedPairs, Offsets, Counts, RouteW,
