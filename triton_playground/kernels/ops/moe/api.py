@@ -46,8 +46,9 @@ gradients of x, router_weight, gate_up and down, each computed only when asked f
 8. ``moe_weight_grad`` twice: ``ddown[e] = sum (w dout)^T a`` and ``dgate_up[e] = sum [dg | du]^T x`` over the
    expert's rows, one program per tile of the weight gradient (no atomics); an expert with no token gets zeros;
 9. ``moe_down`` (unweighted, gate_up read transposed): the pairs' ``[dg | du] @ gate_up[e]``, in pair order;
-10. the router GEMMs on the MLP's ``gemm`` kernel: ``dlogits @ router_weight`` (fp32) and
-    ``drouter = dlogits^T x``; ``moe_combine`` sums each token's k rows and the router term into dx.
+10. the router GEMMs: ``dlogits @ router_weight`` (fp32) on the MLP's ``gemm`` kernel, and
+    ``drouter = dlogits^T x`` on ``moe_weight_grad``, split over chunks of tokens (:func:`_router_weight_grad`);
+    ``moe_combine`` sums each token's k rows and the router term into dx.
 
 dlogits go into the router GEMMs in x's dtype (fp16/bf16 tensor-core operands), like HF's logits.
 """
