@@ -278,7 +278,7 @@ def _backward(dout, x, router_weight, gate_up, down, saved: Saved, k, normalize,
     return dx, drouter, dgate_up, ddown
 
 
-ROUTER_GRAD_CHUNK = 256  # tokens a split of drouter's reduction sums (a multiple of every moe_weight_grad BLOCK_M)
+ROUTER_GRAD_CHUNK = 256  # tokens a chunk of drouter's reduction sums, at least (64 chunks: a wave of 1024 programs)
 ROUTER_GRAD_SPLITS = 64  # at most this many partial sums: 64 x (E, hidden) fp32, 32 MB at OLMoE's shape
 
 
