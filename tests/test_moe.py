@@ -224,6 +224,25 @@ def test_each_gradient_alone(which):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("chunk, splits", [(4, 64), (4, 3), (1, 64)], ids=["chunks-of-4", "capped-at-3", "per-token"])
+def test_router_gradient_split_over_token_chunks(monkeypatch, chunk, splits, dtype):
+    """drouter is summed over chunks of tokens (partial sums, then a fixed-order sum): with chunks small enough to
+    make several at the test's size, uneven ones included (17 tokens in chunks of 4: the last has 1), and with
+    the number of chunks capped (17 tokens in 3 chunks of 6, 6, 5), it is the reference's, bit-identical on a
+    rerun, and the other gradients are untouched."""
+    monkeypatch.setattr(moe_api, "ROUTER_GRAD_CHUNK", chunk)
+    monkeypatch.setattr(moe_api, "ROUTER_GRAD_SPLITS", splits)
+    ours, kwargs, _ = _case(dtype=dtype, tokens=17, experts=8, k=3, normalize=True)
+    dout = _dout(ours)
+    (_, grads), (_, again) = (_grads(moe, ours, kwargs, dout) for _ in range(2))
+    _, ref = _grads(moe_reference, [a.double() for a in ours], kwargs, dout.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for g, r in zip(grads, ref):
+        assert _rel(g, r) < tol
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gradients_with_experts_that_get_no_token(dtype):
     """Every token routes to the same 4 of 16 experts: the 12 others get exactly zero weight gradients (no token
     reaches them; a program that skipped them would leave the NaN poison), the 4 used ones the reference's."""

@@ -103,6 +103,13 @@ def num_sms() -> int:
     return 4
 
 
+def sized_for_gpu() -> bool:
+    """Whether launches are sized as on a real GPU: on one, or under the interpreter while a model of one is being
+    counted (:func:`modeled_sms`). Else the interpreter's stand-in sizes (small tiles, fewer programs), which keep
+    tests quick but are no GPU's choice, and a model of them would not be a model of what a GPU runs."""
+    return not INTERPRET or bool(_modeled_sms)
+
+
 @contextlib.contextmanager
 def modeled_sms(count: int):
     """Within the block, :func:`num_sms` answers ``count`` (the counters size grids as that GPU would)."""

@@ -46,8 +46,9 @@ gradients of x, router_weight, gate_up and down, each computed only when asked f
 8. ``moe_weight_grad`` twice: ``ddown[e] = sum (w dout)^T a`` and ``dgate_up[e] = sum [dg | du]^T x`` over the
    expert's rows, one program per tile of the weight gradient (no atomics); an expert with no token gets zeros;
 9. ``moe_down`` (unweighted, gate_up read transposed): the pairs' ``[dg | du] @ gate_up[e]``, in pair order;
-10. the router GEMMs on the MLP's ``gemm`` kernel: ``dlogits @ router_weight`` (fp32) and
-    ``drouter = dlogits^T x``; ``moe_combine`` sums each token's k rows and the router term into dx.
+10. the router GEMMs: ``dlogits @ router_weight`` (fp32) on the MLP's ``gemm`` kernel, and
+    ``drouter = dlogits^T x`` on ``moe_weight_grad``, split over chunks of tokens (:func:`_router_weight_grad`);
+    ``moe_combine`` sums each token's k rows and the router term into dx.
 
 dlogits go into the router GEMMs in x's dtype (fp16/bf16 tensor-core operands), like HF's logits.
 """
@@ -113,8 +114,11 @@ SAVED_DTYPES = (torch.float32, torch.float32, torch.int32, torch.int32, torch.in
 def _pick_block_m(n_pairs: int, n_experts: int) -> int:
     """The M tile of the grouped GEMMs, which is also the dispatch's padding. Small under the interpreter
     (programs are what costs there); on a GPU 128-row tiles once experts average >= 512 rows, else 64 (less
-    padding; at most one partial block per expert either way)."""
-    if rt.INTERPRET:
+    padding; at most one partial block per expert either way). A modeled sweep counts under the interpreter what
+    the GPU would run (``rt.sized_for_gpu``): with 16-row blocks every block re-reads its expert's whole weight
+    matrix, 8x the weight traffic of 128-row ones (at OLMoE's shape and 16k tokens, 74 GB requested by the
+    gate/up GEMM instead of 14), which no GPU launch of this op does."""
+    if not rt.sized_for_gpu():
         return 16
     if rt.COMPILE_ONLY:
         return 128  # the shared-memory worst case, which is what the compile-only check is for
@@ -270,14 +274,46 @@ def _backward(dout, x, router_weight, gate_up, down, saved: Saved, k, normalize,
         dx = rt.empty(x.shape, dt, dev)
         _combine(y, dx_router, dx.view(-1, hidden), n_tokens, hidden, k)
     if need_r:
-        drouter = _matmul(dlogits.t(), x2, rt.empty(router_weight.shape, router_weight.dtype, dev))
+        drouter = _router_weight_grad(dlogits, x2, router_weight)
     return dx, drouter, dgate_up, ddown
+
+
+ROUTER_GRAD_CHUNK = 256  # tokens a chunk of drouter's reduction sums, at least (64 chunks: a wave of 1024 programs)
+ROUTER_GRAD_SPLITS = 64  # at most this many partial sums: 64 x (E, hidden) fp32, 32 MB at OLMoE's shape
+
+
+def _router_weight_grad(dlogits, x2, router_weight):
+    """drouter = dlogits^T x: (E, hidden), a reduction over every token.
+
+    Its output is small (64 x 2048 at OLMoE's shape) and its reduction long (the tokens): one GEMM tile per
+    program leaves 8 programs on the GPU, each walking 16k tokens (the MLP's gemm at its default 128x256 tile:
+    1.1 ms modeled at 16k tokens, for 4 GFLOP). So the reduction is split over chunks of tokens, each chunk's
+    partial sum one 'group' of ``moe_weight_grad`` (the chunk's rows read in order, L = dlogits and R = x in token
+    order, no gather), and the fp32 partials are summed in a fixed order: deterministic, no atomics."""
+    n_tokens = x2.shape[0]
+    n_experts, hidden = router_weight.shape
+    dev = x2.device
+    splits = max(1, min(triton.cdiv(n_tokens, ROUTER_GRAD_CHUNK), ROUTER_GRAD_SPLITS))
+    chunk = triton.cdiv(n_tokens, splits)
+    bounds = (torch.arange(splits + 1, dtype=torch.int32, device=dev) * chunk).clamp_(max=n_tokens)
+    starts, counts = bounds[:-1], bounds.diff()  # chunk i: tokens [starts[i], starts[i] + counts[i])
+    drouter = rt.empty(router_weight.shape, router_weight.dtype, dev)
+    out = drouter.unsqueeze(0) if splits == 1 else rt.empty((splits, n_experts, hidden), torch.float32, dev)
+    moe_weight_grad[lambda meta: (splits * triton.cdiv(n_experts, meta["BLOCK_N"])
+                                  * triton.cdiv(hidden, meta["BLOCK_C"]),)](
+        dlogits, x2, out, None, starts, counts, None, splits, n_experts, hidden, 1, 1,
+        dlogits.stride(0), dlogits.stride(1), x2.stride(0), x2.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        L_BY_TOKEN=False, R_BY_TOKEN=False, PRECISION=dot_precision(dlogits.dtype),
+    )
+    if splits > 1:
+        drouter.copy_(out.sum(dim=0))  # the partials in a fixed order (fp32), then the router weight's dtype
+    return drouter
 
 
 def _weight_grad(left, right, dw, s: Saved, k, *, l_by_token, r_by_token):
     """dw[e] = sum over expert e's rows of left[row]^T right[row] (``moe_weight_grad``); dw: (E, n, c)."""
     n_experts, n_dim, c_dim = dw.shape
-    per_program = triton.cdiv(n_experts, 4) if rt.INTERPRET else 1  # see moe_weight_grad's grid
+    per_program = 1 if rt.sized_for_gpu() else triton.cdiv(n_experts, 4)  # see moe_weight_grad's grid
     moe_weight_grad[lambda meta: (triton.cdiv(n_experts, per_program) * triton.cdiv(n_dim, meta["BLOCK_N"])
                                   * triton.cdiv(c_dim, meta["BLOCK_C"]),)](
         left, right, dw, s.sorted_pairs, s.offsets, s.counts, s.top_w, n_experts, n_dim, c_dim, k, per_program,

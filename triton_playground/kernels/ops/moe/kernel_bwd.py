@@ -169,7 +169,9 @@ def moe_weight_grad(
 
     A row r of the sorted layout is pair p = SortedPairs[r], token p // k. ``L_BY_TOKEN``: L is token-major
     (tokens, n_dim) and row r reads L[token] * RouteW[p] (dout, for ddown); else L is (rows, n_dim) in sorted
-    order. ``R_BY_TOKEN`` likewise for R (x, for dgate_up; never scaled).
+    order. ``R_BY_TOKEN`` likewise for R (x, for dgate_up; never scaled). With neither, SortedPairs and RouteW are
+    not read, and a "group" need not be an expert: ``api.py``'s router gradient sums chunks of tokens this way
+    (DW: (chunks, E, hidden) partial sums of dlogits^T x).
 
     Grid: cdiv(E, experts_per_program) * tiles of (n_dim, c_dim); a program does its tile for
     ``experts_per_program`` consecutive experts in turn (1 on a GPU, where programs are cheap and parallel; a
@@ -195,8 +197,9 @@ def moe_weight_grad(
             ms = m0 + tl.arange(0, BLOCK_M)
             m_ok = ms < count
             rows = start + ms
-            pair = tl.load(SortedPairs + rows, mask=m_ok, other=0)
-            tok64 = (pair // top_k).to(tl.int64)
+            if L_BY_TOKEN or R_BY_TOKEN:  # (else SortedPairs is never read: the router's gradient passes none)
+                pair = tl.load(SortedPairs + rows, mask=m_ok, other=0)
+                tok64 = (pair // top_k).to(tl.int64)
             l_rows = tok64 if L_BY_TOKEN else rows.to(tl.int64)
             r_rows = tok64 if R_BY_TOKEN else rows.to(tl.int64)
             lt = tl.load(L + l_rows[:, None] * stride_lm + ns[None, :] * stride_ln,

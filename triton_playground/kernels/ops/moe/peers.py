@@ -62,14 +62,16 @@ def _liger_tile_strata(grid, *, tile_row_start_ptr, tile_expert_ptr, expert_star
 
 def _liger_expert_strata(grid, *, expert_start_ptr, **_):
     """Liger's weight gradients (grid: ``E * m_tiles`` fastest, then N-tiles): a program loops over its expert's
-    rows. One stratum, in order of those rows, so the counters' mirrored pairs match a light expert with a heavy
-    one."""
+    rows. The programs of empty experts apart (at hot=8, 7 in 8: a mirrored pair of an empty and a busy one would
+    count half the grid busy, twice the truth), the busiest apart, and the rest in order of their rows, so the
+    counters' mirrored pairs match a light expert with a heavy one (as ours, ``spec._group_strata``)."""
     import numpy as np
 
     starts = expert_start_ptr.numpy().astype(np.int64)
     pid = np.arange(math.prod(grid))
     rows = np.diff(starts)[pid % grid[0] // (grid[0] // (len(starts) - 1))]
-    return [pid[np.argsort(rows, kind="stable")]]
+    busy = rows > 0
+    return [pid[~busy], *(plateau_and_rest(pid[busy], rows[busy]) if busy.any() else [])]
 
 
 LIGER_MOE_STRATA = {**dict.fromkeys(("_fused_up_proj_swiglu_kernel", "_fused_down_proj_kernel",

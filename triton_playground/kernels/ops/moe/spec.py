@@ -206,6 +206,24 @@ def _block_strata(grid, *, Offsets, Counts, n_experts, n_blocks, BLOCK_M, GROUP_
     return [*plateau_and_rest(pid[live], real[live], top=BLOCK_M), pid[~live]]
 
 
+def _group_strata(grid, *, Counts, n_experts, n_dim, c_dim, experts_per_program, BLOCK_N, BLOCK_C, **_):
+    """``moe_weight_grad``'s programs (a tile of dW for ``experts_per_program`` consecutive groups: experts, or the
+    router gradient's chunks of tokens) by the rows they reduce over, for the counters (``OpSpec.count_strata``):
+    a program's work is its groups' rows, which the routing decides. The programs of empty groups apart (skewed
+    routing leaves most experts empty: at hot=8, 7 programs in 8; a mirrored pair of one empty and one busy
+    program would count half the grid busy, twice the truth), the busiest apart, and the rest in order of their
+    rows, so the counters' mirrored pairs match a light program with a heavy one."""
+    import numpy as np
+
+    per_group = -(-n_dim // BLOCK_N) * -(-c_dim // BLOCK_C)
+    pid = np.arange(grid[0])
+    first = pid // per_group * experts_per_program
+    ends = np.concatenate([[0], np.cumsum(Counts.numpy()[:n_experts].astype(np.int64))])
+    rows = ends[np.minimum(first + experts_per_program, n_experts)] - ends[np.minimum(first, n_experts)]
+    busy = rows > 0
+    return [pid[~busy], *(plateau_and_rest(pid[busy], rows[busy]) if busy.any() else [])]
+
+
 MOE = OpSpec(
     name="moe",
     fn=moe,
@@ -226,6 +244,7 @@ MOE = OpSpec(
     values_steer_work=True,
     count_outputs={"moe_router": _router_outputs, **peers.LIGER_MOE_OUTPUTS},
     count_strata={**dict.fromkeys(("moe_gate_up", "moe_down", "moe_down_bwd"), _block_strata),
+                  "moe_weight_grad": _group_strata,
                   **peers.LIGER_MOE_STRATA},
     examples=(
         {"tokens": 6, "hidden": 48, "inner": 32, "experts": 64, "k": 8},  # OLMoE's routing: top-8 of 64
