@@ -153,15 +153,26 @@ def _dkdv_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CAUS
     else:  # interior block: every row exists
         lse = tl.load(lse_base + offs_m)
         delta = tl.load(delta_base + offs_m)
-    # P^T (BLOCK_N, BLOCK_M), recomputed from the forward's log-sum-exp (base 2).
+    dk, dv, _ = _dk_dv_of_block(dk, dv, k, v, q, do, lse, delta, offs_m, offs_n, M, N, W, qk_scale, MASK, CAUSAL,
+                                WINDOWED, PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dk_dv_of_block(dk, dv, k, v, q, do, lse, delta, offs_m, offs_n, M, N, W, qk_scale, MASK: tl.constexpr,
+                    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr):
+    """The four matmuls of a key block against a query block, in the transposed (key-major) frame: P^T
+    (BLOCK_N, BLOCK_M) recomputed from the forward's log-sum-exp (base 2), dV += P^T dO, dP^T = V dO^T,
+    dS^T = P^T * (dP^T - delta), dK += dS^T Q. Returns (dk, dv, dS^T in q's dtype) for a caller that also forms
+    dq from dS."""
     pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
     if MASK:
         pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-    dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk += tl.dot(dst, q, input_precision=PRECISION)
+    return dk, dv, dst
 
 
 @triton.jit
@@ -196,13 +207,8 @@ def _dkdv_dq_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, C
         lse = tl.load(lse_base + offs_m, mask=offs_m < M, other=0.0)
     else:
         lse = tl.load(lse_base + offs_m)
-    pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
-    if MASK:
-        pt = tl.where(tl.trans(visible(offs_m, offs_n, M, N, W, CAUSAL, WINDOWED)), pt, 0.0)
-    dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
-    dk += tl.dot(dst, q, input_precision=PRECISION)
+    dk, dv, dst = _dk_dv_of_block(dk, dv, k, v, q, do, lse, delta, offs_m, offs_n, M, N, W, qk_scale, MASK, CAUSAL,
+                                  WINDOWED, PRECISION)
     dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION) * sm_scale
     if WHOLE:
         store_rows(dq_rows, strides_dq, start_m, M, offs_d, d_ok, dq.to(q.dtype), BLOCK_M, TMA)
