@@ -58,6 +58,14 @@ def plateau_and_rest(pid, work, top=None) -> list:
     return [pid[work == top], rest[np.argsort(work[work != top], kind="stable")]]
 
 
+def idle_apart(pid, work) -> list:
+    """:func:`plateau_and_rest` of the programs with work, after a stratum of those without: where most programs
+    may be idle (a weight gradient's empty experts under skewed routing), a mirrored pair of an idle and a busy
+    program would count half the grid busy."""
+    busy = work > 0
+    return [pid[~busy], *(plateau_and_rest(pid[busy], work[busy]) if busy.any() else [])]
+
+
 def call(*args, **kwargs) -> Callable[[], Case]:
     """A :class:`BadInput`'s ``make``: the op called with exactly these arguments."""
     return lambda: Case(args, kwargs)

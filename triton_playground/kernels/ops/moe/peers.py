@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...peer_libs import module
-from ...spec import plateau_and_rest
+from ...spec import idle_apart, plateau_and_rest
 
 DESCRIPTIONS = {
     "moe": {"liger": "Liger fused_moe (LigerFusedMoEFunction) after a torch router (linear, softmax, top-k)"},
@@ -70,8 +70,7 @@ def _liger_expert_strata(grid, *, expert_start_ptr, **_):
     starts = expert_start_ptr.numpy().astype(np.int64)
     pid = np.arange(math.prod(grid))
     rows = np.diff(starts)[pid % grid[0] // (grid[0] // (len(starts) - 1))]
-    busy = rows > 0
-    return [pid[~busy], *(plateau_and_rest(pid[busy], rows[busy]) if busy.any() else [])]
+    return idle_apart(pid, rows)
 
 
 LIGER_MOE_STRATA = {**dict.fromkeys(("_fused_up_proj_swiglu_kernel", "_fused_down_proj_kernel",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import peers
-from ...spec import BadInput, Case, OpSpec, call, plateau_and_rest
+from ...spec import BadInput, Case, OpSpec, call, idle_apart, plateau_and_rest
 from .api import moe
 from .kernel import moe_router
 from .kernel_bwd import moe_down_bwd, moe_weight_grad
@@ -220,8 +220,7 @@ def _group_strata(grid, *, Counts, n_experts, n_dim, c_dim, experts_per_program,
     first = pid // per_group * experts_per_program
     ends = np.concatenate([[0], np.cumsum(Counts.numpy()[:n_experts].astype(np.int64))])
     rows = ends[np.minimum(first + experts_per_program, n_experts)] - ends[np.minimum(first, n_experts)]
-    busy = rows > 0
-    return [pid[~busy], *(plateau_and_rest(pid[busy], rows[busy]) if busy.any() else [])]
+    return idle_apart(pid, rows)
 
 
 MOE = OpSpec(
