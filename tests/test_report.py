@@ -323,3 +323,35 @@ def test_no_spills_where_the_tuner_may_pick(sweep_report, kernel, index):
     spills = rows[(rows.spill_stores > 0) | (rows.spill_loads > 0)]
     assert spills.empty, "spills:\n" + spills[["op", "shape", "variant", "config", "regs", "spill_stores",
                                                "spill_loads", "stack"]].to_string()
+
+
+# ------------------------------------------------------------------------------------------------ the norms
+
+
+@pytest.fixture(scope="module")
+def norms_report(tmp_path_factory, worker_id):
+    """LayerNorm and RMSNorm in bf16 and fp32 at the sweep's widths, beside Liger-Kernel's kernels."""
+    return _shared_report(tmp_path_factory, worker_id, "norms.csv", "layer_norm", "rms_norm", "--peers",
+                          "--dtype", "bf16", "fp32")
+
+
+def test_norm_loops_the_model_takes_for_pipelined_compile_to_cp_async(norms_report):
+    """The H100 model counts no wait on the loads of a ``tl.range(..., num_stages=2)`` loop (kernels/perf/
+    attribution.py), as Triton pipelines them: every config of the norms' one-tile kernels the tuner may pick must
+    then compile to cp.async (LDGSTS), or the model would credit a pipeline that is not there."""
+    ours = norms_report[(norms_report.provider == "ours") & norms_report.may_pick
+                        & norms_report.variant.str.contains("SINGLE_TILE")]
+    assert set(ours.kernel) == {"norm_fwd", "norm_bwd"}
+    unpipelined = ours[~(ours.ldgsts > 0)]
+    assert unpipelined.empty, unpipelined[["op", "dtype", "shape", "kernel", "config", "ldgsts", "smem"]].to_string()
+
+
+def test_norm_forwards_hold_as_many_warps_an_sm_as_ligers(norms_report):
+    """At every width and dtype, every forward config the tuner may pick keeps as many warps resident an SM (the
+    report's occupancy, from registers, shared memory and warps) as Liger's one-row forward kernel."""
+    fwd = norms_report[norms_report.kernel.str.contains("forward|norm_fwd") & norms_report.may_pick].copy()
+    liger = fwd[fwd.provider == "liger"].groupby(["op", "dtype", "shape"]).occ_warps.min()
+    ours = fwd[fwd.provider == "ours"].groupby(["op", "dtype", "shape"]).occ_warps.min()
+    assert len(liger) == 12 and set(ours.index) == set(liger.index)
+    below = (ours < liger)[lambda s: s]
+    assert below.empty, pd.DataFrame({"ours (least)": ours, "liger": liger}).loc[below.index].to_string()

@@ -67,8 +67,24 @@ def _attribute(launch: Launch, ptrs, mask, element_bytes: int, kind: str) -> Non
             launch.requested[(int(launch._order[position]), kind)] += int(n) * element_bytes
 
 
+_pipelined_loops = [0]  # how many ``tl.range(..., num_stages >= 2)`` loops the running program is inside
+
+
+def pipelined_range(steps):
+    """The steps of a ``tl.range(..., num_stages >= 2)`` loop. Triton pipelines every load of such a loop (sm_90:
+    ``cp.async`` into a shared-memory ring, the report's LDGSTS), as it does the loads that feed a ``tl.dot``: the
+    next trip's loads are in flight while this one computes, so its trips are not trips the program waits on
+    (:func:`_count_site`, ``Launch.waited_trips``)."""
+    _pipelined_loops[0] += 1
+    try:
+        yield from steps
+    finally:
+        _pipelined_loops[0] -= 1
+
+
 def _count_site(launch: Launch) -> None:
-    """One more load issued by the kernel's line that is running (a helper's loads count at the helper's call)."""
+    """One more load issued by the kernel's line that is running (a helper's loads count at the helper's call), keyed
+    by (line, whether a pipelined loop issued it: :func:`pipelined_range`)."""
     source = getattr(launch, "_source", None)
     if source is None:
         return
@@ -76,7 +92,7 @@ def _count_site(launch: Launch) -> None:
     while frame is not None and frame.f_code.co_filename != source:
         frame = frame.f_back
     if frame is not None:
-        launch._sites[frame.f_lineno] += 1
+        launch._sites[(frame.f_lineno, _pipelined_loops[0] > 0)] += 1
 
 
 def _true(mask) -> int:

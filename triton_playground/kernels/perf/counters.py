@@ -54,7 +54,7 @@ import torch
 
 from .. import _runtime as _rt
 from .aten import _SYNCS, _aten_launches, _register_cpu_sdpa_flops
-from .attribution import _as_fp32, _attribute, _count_site, _element_bytes, _regions, _track, _true
+from .attribution import _as_fp32, _attribute, _count_site, _element_bytes, _regions, _track, _true, pipelined_range
 from .records import Counter, Launch
 
 __all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
@@ -184,6 +184,20 @@ def _install():
     load, store, dot = builder.create_masked_load, builder.create_masked_store, builder.create_dot
     rmw, cas = builder.create_atomic_rmw, builder.create_atomic_cas
     run = interp.GridExecutor.__call__
+    patch_lang_core = interp._patch_lang_core
+
+    def counted_patch_lang_core(lang, scope):
+        """The interpreter's binding of a language module, with a ``tl.range`` that tells the counters which loops
+        Triton pipelines (``num_stages`` of 2 or more)."""
+        patch_lang_core(lang, scope)
+        plain = lang.range
+
+        def range_(*args, num_stages=None, **kwargs):
+            steps = plain(*args, **kwargs)
+            stages = getattr(num_stages, "value", num_stages)
+            return pipelined_range(steps) if _launch[0] is not None and (stages or 0) >= 2 else steps
+
+        scope.set_attr(lang, "range", range_)
 
     def create_masked_load(self, ptrs, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
@@ -251,8 +265,10 @@ def _install():
                       min(budgets) if budgets else None, strata)
         finally:
             _launch[0] = None
-        if launch._sites:
-            launch.trips = max(launch._sites.values()) / max(1, launch.programs)  # sites scaled to the grid
+        if launch._sites:  # sites scaled to the grid
+            launch.trips = max(launch._sites.values()) / max(1, launch.programs)
+            waited = [n for (_, pipelined), n in launch._sites.items() if not pipelined]
+            launch.waited_trips = max(waited, default=launch.programs) / max(1, launch.programs)
         for helper in ("_source", "_sites", "_order", "_starts", "_ends"):  # the attribution's: done with
             launch.__dict__.pop(helper, None)
         for session in _sessions:
@@ -269,6 +285,7 @@ def _install():
     builder.create_dot = create_dot
     builder.create_atomic_rmw, builder.create_atomic_cas = create_atomic_rmw, create_atomic_cas
     interp.GridExecutor.__call__ = grid_call
+    interp._patch_lang_core = counted_patch_lang_core
     interp._playground_counting = True
 
 

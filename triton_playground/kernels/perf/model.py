@@ -20,9 +20,10 @@ error reported. Every term is a mechanism, the same for every kernel; no constan
   ``64 / num_warps`` of them: Hopper's 64 warps, 32 blocks), and a program streams at most ``num_warps ×
   warp_bytes_per_s`` (Little's law: each warp keeps its own loads in flight over their latency, so a program of
   16 warps has four times the bytes in flight of one of 4) and waits ``trip_s`` on each trip of a loop whose
-  loads are not pipelined (no ``tl.dot`` in it: Triton pipelines the loops that feed one). So a persistent grid
-  of one program per SM (Liger's norm backwards, a loop over rows) stays well under HBM's rate, the more so the
-  fewer its warps. Aten kernels are taken to fill the GPU at HBM's rate.
+  loads are not pipelined (``Launch.waited_trips``: Triton pipelines the loops that feed a ``tl.dot``, and the
+  loads of a ``tl.range(..., num_stages >= 2)`` loop). So a persistent grid of one program per SM looping over
+  rows without pipelining (Liger's norm backwards) stays well under HBM's rate, the more so the fewer its warps.
+  Aten kernels are taken to fill the GPU at HBM's rate.
 * ``KERNEL_FIXED_S``: a kernel's start and drain on the device, however small it is.
 
 **Host time** (``host`` events of the counter): each Triton launch costs the host ``HOST_TRITON_S`` (Triton's
@@ -161,14 +162,15 @@ def dram_bytes(launch, device: Device) -> float:
 
 def program_seconds(launch, device: Device, c: Constants = CONSTANTS) -> float:
     """How long the grid's programs take when each runs at its own pace: waves of resident programs, each program
-    streaming its bytes at most at ``num_warps × warp_bytes_per_s`` and, where its loop waits for its loads (no
-    tl.dot to pipeline them: a persistent norm's row loop), one ``trip_s`` a trip."""
+    streaming its bytes at most at ``num_warps × warp_bytes_per_s`` and, where its loop waits for its loads (not
+    pipelined: no tl.dot in it, no ``tl.range(..., num_stages >= 2)``), one ``trip_s`` a trip."""
     if launch.source != "triton" or launch.programs == 0:
         return 0.0
     waves = math.ceil(launch.programs / resident_programs(launch, device))
     streaming = (launch.num_warps or 4) * c.warp_bytes_per_s
     per_program = (launch.bytes_read + launch.bytes_written) / launch.programs / streaming
-    waits = 0.0 if launch.dot_flops else getattr(launch, "trips", 1.0) * c.trip_s
+    waited = getattr(launch, "waited_trips", None)
+    waits = 0.0 if launch.dot_flops else (launch.trips if waited is None else waited) * c.trip_s
     return waves * (per_program + waits)
 
 

@@ -32,6 +32,10 @@ class Launch:
     # together walk their loops in step, so what L2 must hold at once is one trip's data of each
     # (kernels/perf/model.py).
     trips: float = 1.0
+    # Of those trips, the ones whose loads the program waits for: all but a pipelined loop's (``tl.range(...,
+    # num_stages >= 2)``, whose next trip's loads are in flight while one computes; ``kernels/perf/attribution.py``).
+    # None: every trip (counts made before pipelined loops were told apart).
+    waited_trips: float | None = None
 
     @property
     def flops(self) -> int:

@@ -18,17 +18,13 @@ from torch import Tensor
 
 from ... import _runtime as rt
 from ..._custom_op import custom_op, empty_if, extras_are_not_differentiable, or_placeholder
-from .kernel import block_n, norm_bwd, norm_fwd
+from .kernel import block_n, fwd_programs_per_sm, norm_bwd, norm_fwd
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (rows, N), a view whenever the strides allow (any last-dim stride is fine). A 2-D tensor is
     already its rows: no view op, whose dispatch the host would pay for before the launch."""
     return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
-
-
-_PROGRAMS_PER_SM = 4  # persistent grids: enough programs per SM to hide memory latency
-
 
 
 def _forward(x, weight, bias, eps, rms):
@@ -40,7 +36,8 @@ def _forward(x, weight, bias, eps, rms):
     mean = rt.empty((n_rows,), torch.float32, x.device) if not rms else y2  # y2: unused placeholder
     rstd = rt.empty((n_rows,), torch.float32, x.device)
     tile_n = block_n(n)
-    norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), _PROGRAMS_PER_SM * rt.num_sms()),)](
+    programs = fwd_programs_per_sm(n, x.element_size()) * rt.num_sms()
+    norm_fwd[lambda meta: (min(triton.cdiv(n_rows, meta["BLOCK_M"]), programs),)](
         x2, weight if weight is not None else x2, bias if bias is not None else x2, y2, mean, rstd,
         n_rows, n, x2.stride(0), x2.stride(1), y2.stride(0), y2.stride(1), eps,
         HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms, BLOCK_N=tile_n, SINGLE_TILE=tile_n >= n,

@@ -14,12 +14,15 @@ Backward, with xhat = (x - mean) * rstd (LayerNorm) or xhat = x * rstd (RMSNorm)
     dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (the mean(g) term is LayerNorm's only)
     dweight = sum_rows dy * xhat,   dbias = sum_rows dy
 Both grids are persistent: a fixed number of programs (a few per SM forward, one backward) each walk a strided
-set of row tiles, so weight and bias are read once per program rather than once per row tile, and the backward
-keeps each program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
+set of row tiles, their loads pipelined (below). The forward loads weight and bias where each tile's output needs
+them (from L2), so that they hold no registers across its reductions; the backward keeps the weight and each
+program's dweight/dbias partial sums in registers, writing one partial row per program at the end;
 the partials (dweight's and dbias's in one buffer) are summed afterwards by one torch sum and one cast
 (deterministic, no atomics). What the registers hold, and so which tiles a row width allows, is set out above the
 configs.
 """
+
+import functools
 
 import triton
 import triton.language as tl
@@ -37,39 +40,46 @@ def block_n(n: int) -> int:
 # Registers decide the tiling: the row tile lives in them, and a spill would send it through local memory.
 # A thread holds ``BLOCK_M * BLOCK_N / threads`` values of every (BLOCK_M, BLOCK_N) fp32 tile and
 # ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions, and the budget:
-#   forward:  the centred x tile; weight and bias                  1 tile, 2 vectors, <= 64 values: the grid
-#             asks for 4 programs an SM, and a tile that fills more than half an SM's registers would idle them
+#   forward:  the centred x tile                                    1 tile, <= 4 values: weight and bias are
+#             loaded at the output, and 4 values keep a program at 31-40 registers at 1024 and 4096 columns, so
+#             that an SM holds as many warps of them as of Liger's one-row programs (the sm_90 report: 64 at
+#             1024 columns, 48-64 at 4096; at 8192 no config holds 4, and one row of 32 warps holds 8: 32 warps an
+#             SM for LayerNorm, as Liger's, 64 for RMSNorm)
 #   backward: xhat and dy tiles; weight, dweight, dbias partials   2 tiles, 3 vectors, <= 112 values: one
 #             program an SM, so only the register file bounds it (g = dy * weight is formed again for dx, not
 #             kept)
 # and, either way, at most 5/8 of the registers a thread of that many warps may have (65536 an SM; ptxas needs
 # the rest for addresses, masks and row statistics). Within them the report (``triton-playground report
 # layer_norm rms_norm``) shows no spill at the sweep's widths (1024 to 8192), bf16 and fp32.
-FWD_LIVE, BWD_LIVE = (1, 2, 64), (2, 3, 112)  # (tiles, vectors, values a thread)
+#
+# Both persistent loops are pipelined where a row fits one tile (``tl.range(..., num_stages=2)``: the next row
+# tile's loads are in flight, by cp.async into shared memory, while this one is reduced; the report's LDGSTS),
+# so a program does not wait on each tile's loads, and the H100 model counts no trip's wait for them
+# (``kernels/perf/attribution.py``). A pipelined loop must be innermost: no loop runs inside a one-tile row's
+# body. Wider rows loop over column tiles inside, and walk their row tiles unpipelined.
+FWD_LIVE, BWD_LIVE = (1, 0, 4), (2, 3, 112)  # (tiles, vectors, values a thread)
 
-# (BLOCK_M rows per program, warps). Wide rows want one row per program and many warps (16 warps leave 16
-# values of an 8192-wide row to a thread); narrow rows want several rows so that each thread still loads a few
-# 16-byte vectors. The backward's single program an SM makes its programs the wider ones, and its configs are
-# listed most rows a trip first: its persistent programs walk their rows one tile a trip, waiting on each tile's
-# loads, so the more rows and warps a trip, the nearer HBM's rate (the H100 model's programs' own pace: a trip's
-# wait, and each warp's bytes in flight). 32 warps hold 64 registers a thread, the whole register file for the
-# one program: the rule's budget (40 values) then keeps 8 rows at 1024 columns, 2 at 4096 and 1 at 8192, where
-# the sm_90 report shows 64 registers and no spill (4 rows at 4096, 44 values, spill). Under the interpreter the
-# default, or where the rule drops it the first config that fits, is the one run and modeled: at 16384 x 4096
-# the backward's kernel models at 301 us with 2 rows and 16 warps (one program of 16 warps an SM), 219 us with
-# 2 rows and 32 warps; at 16384 x 1024, 109 us with 4 rows and 16 warps, 55 us with 8 rows and 32.
+# (BLOCK_M rows per program, warps). Forward: one row a tile, with the warps that leave each thread at most 4
+# values of it (8 warps at 1024 columns, 32 at 4096 and 8192); several rows only for narrow rows, so that every
+# thread still holds a value. Backward: the single program an SM makes its programs the wider ones, and its
+# configs are listed most rows a trip first. 32 warps hold 64 registers a thread, the whole register file for
+# the one program: the rule's budget (40 values) then keeps 8 rows at 1024 columns, 2 at 4096 and 1 at 8192,
+# where the sm_90 report shows 64 registers and no spill (4 rows at 4096, 44 values, spill). Under the
+# interpreter the default, or where the rule drops it the first config that fits, is the one run and modeled:
+# at 16384 x 4096 the backward's kernel models at 148 us (HBM's rate for its 407 MB: 136 us), 232 us before its
+# loop was pipelined (62 trips of 2 rows, each waiting on its loads).
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-               for m, w in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 4), (4, 8), (8, 8), (16, 8)]]
+               for m, w in [(1, 8), (1, 4), (1, 16), (1, 32), (2, 4), (4, 4), (8, 4)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
 
 
-def _fitting(configs, nargs, live):
-    """The rule: configs whose live values fit the budget (above), and that give every thread at least one
-    16-byte vector of the tile (more warps than that only duplicate loads)."""
+def _fitting(configs, n, elem, live, least_bytes):
+    """The rule: configs whose live values fit the budget (above), and that give every thread at least
+    ``least_bytes`` of the tile (more warps than that load less than a vector a thread, or nothing). ``n``: the
+    row's width, ``elem``: x's element size."""
     tiles, vectors, budget = live
-    # From the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
-    n, elem = block_n(nargs["N"]), nargs["X"].element_size()
+    n = block_n(n)
 
     def values(c):
         return (tiles * c.kwargs["BLOCK_M"] + vectors) * n / (32 * c.num_warps)
@@ -77,23 +87,35 @@ def _fitting(configs, nargs, live):
     def in_budget(c):
         return values(c) <= min(budget, 65536 / (32 * c.num_warps) * 5 / 8)
 
-    def whole_vectors(c):
-        return c.kwargs["BLOCK_M"] * n * elem >= 16 * 32 * c.num_warps
+    def enough_bytes(c):
+        return c.kwargs["BLOCK_M"] * n * elem >= max(least_bytes, elem) * 32 * c.num_warps
 
     fitting = [c for c in configs if in_budget(c)]
     # Narrow rows (a few dozen columns) leave threads idle under every config: then any config in the budget.
-    return [c for c in fitting if whole_vectors(c)] or fitting or [min(configs, key=values)]
+    return [c for c in fitting if enough_bytes(c)] or fitting or [min(configs, key=values)]
 
 
+# Both from the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
 def fits_fwd(configs, nargs):
-    return _fitting(configs, nargs, FWD_LIVE)
+    # 4 bytes a thread at least: cp.async copies no less, and Triton leaves a loop whose loads are narrower
+    # unpipelined (the report: no LDGSTS in one row of 1024 bf16 columns over 32 warps)
+    return _fitting(configs, nargs["N"], nargs["X"].element_size(), FWD_LIVE, least_bytes=4)
 
 
 def fits_bwd(configs, nargs):
-    return _fitting(configs, nargs, BWD_LIVE)
+    return _fitting(configs, nargs["N"], nargs["X"].element_size(), BWD_LIVE, least_bytes=16)
 
 
-@rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 2, "num_warps": 8}, prune=fits_fwd)
+@functools.cache
+def fwd_programs_per_sm(n: int, elem: int) -> int:
+    """The forward's persistent programs an SM: its 64 warp slots over the fewest warps of a config the rule lets
+    run at this width (8 programs of 8 warps at 1024 columns, 2 of 32 at 4096), so that the narrowest config fills
+    the SM and a wider one runs its programs in a second wave rather than idling warp slots. (A grid function is
+    not told the config's warps: the rule's choices stand for them.)"""
+    return max(1, 64 // min(c.num_warps for c in _fitting(FWD_CONFIGS, n, elem, FWD_LIVE, least_bytes=4)))
+
+
+@rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 1, "num_warps": 8}, prune=fits_fwd)
 @triton.jit
 def norm_fwd(
     X, W, B, Y, Mean, Rstd,
@@ -101,28 +123,20 @@ def norm_fwd(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    # A persistent grid: program pid takes row tiles pid, pid + n_progs, ... When a row fits one tile, weight and
-    # bias are loaded once per program and stay in registers for all its rows, instead of once per row tile.
+    # A persistent grid: program pid takes row tiles pid, pid + n_progs, ... Where a row fits one tile the loop is
+    # pipelined (the next tile's x, weight and bias are in flight while this one is normalised): see the top.
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
-    cols0 = tl.arange(0, BLOCK_N)
-    w = tl.full([BLOCK_N], 1.0, tl.float32)
-    b = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if SINGLE_TILE:
-        if HAS_W:
-            w = tl.load(W + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
-        if HAS_B:
-            b = tl.load(B + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
-    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
-        _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn,
+    for tile in tl.range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs, num_stages=2 if SINGLE_TILE else 1):
+        _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn,
                        eps, HAS_W, HAS_B, RMS, BLOCK_N, SINGLE_TILE, BLOCK_M)
 
 
 @triton.jit
-def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
+def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, n_rows, N, stride_xm, stride_xn, stride_ym, stride_yn, eps,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RMS: tl.constexpr,
                    BLOCK_N: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Normalise one tile of BLOCK_M rows (w, b: the preloaded weight and bias when SINGLE_TILE)."""
+    """Normalise one tile of BLOCK_M rows."""
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     rows64 = rows.to(tl.int64)  # row * stride can pass 2^31 on big activations
@@ -169,29 +183,31 @@ def _norm_fwd_rows(tile, X, W, B, Y, Mean, Rstd, w, b, n_rows, N, stride_xm, str
         tl.store(Mean + rows, mean, mask=row_ok)
     tl.store(Rstd + rows, rstd, mask=row_ok)
 
-    for start in range(0, N, BLOCK_N):
-        cols = start + cols0
-        col_ok = cols < N
-        mask = row_ok[:, None] & col_ok[None, :]
-        if SINGLE_TILE:
-            xhat = xc * rstd[:, None]
-        else:
+    if SINGLE_TILE:  # no loop here, so that the caller's loop over row tiles is innermost: Triton pipelines it
+        _norm_fwd_store(Y, W, B, y_row, xc * rstd[:, None], mask, cols0, N, stride_yn, HAS_W, HAS_B, RMS)
+    else:
+        for start in range(0, N, BLOCK_N):
+            cols = start + cols0
+            mask = row_ok[:, None] & (cols[None, :] < N)
             xt = tl.load(x_row + cols[None, :] * stride_xn, mask=mask, other=0.0).to(tl.float32)
-            xhat = ((xt - pivot[:, None]) - mean[:, None]) * rstd[:, None]
-        if RMS:
-            # HF rounds the normalised x to x's dtype before the weight multiplies it.
-            xhat = xhat.to(Y.dtype.element_ty).to(tl.float32)
-        if SINGLE_TILE:
-            if HAS_W:
-                xhat *= w[None, :]
-            if HAS_B:
-                xhat += b[None, :]
-        else:
-            if HAS_W:
-                xhat *= tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            if HAS_B:
-                xhat += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
+            _norm_fwd_store(Y, W, B, y_row, ((xt - pivot[:, None]) - mean[:, None]) * rstd[:, None], mask, cols, N,
+                            stride_yn, HAS_W, HAS_B, RMS)
+
+
+@triton.jit
+def _norm_fwd_store(Y, W, B, y_row, xhat, mask, cols, N, stride_yn, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                    RMS: tl.constexpr):
+    """y = xhat * weight + bias for one (rows, cols) tile, in Y's dtype. The weight and bias are loaded here, where
+    they are used (L2 serves them to every tile), so that no copy of them occupies registers across the tile's
+    reductions."""
+    if RMS:
+        # HF rounds the normalised x to x's dtype before the weight multiplies it.
+        xhat = xhat.to(Y.dtype.element_ty).to(tl.float32)
+    if HAS_W:
+        xhat *= tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        xhat += tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_row + cols[None, :] * stride_yn, xhat.to(Y.dtype.element_ty), mask=mask)
 
 
 @rt.autotune(BWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 8, "num_warps": 32}, prune=fits_bwd)
@@ -215,7 +231,7 @@ def norm_bwd(
     w = tl.full([BLOCK_N], 1.0, tl.float32)  # the weight, loaded once per program when a row fits one tile
     if SINGLE_TILE and HAS_W:
         w = tl.load(W + cols0, mask=cols0 < N, other=0.0).to(tl.float32)
-    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
+    for tile in tl.range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs, num_stages=2 if SINGLE_TILE else 1):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
         rows64 = rows.to(tl.int64)
