@@ -330,9 +330,10 @@ def test_no_spills_where_the_tuner_may_pick(sweep_report, kernel, index):
 
 @pytest.fixture(scope="module")
 def norms_report(tmp_path_factory, worker_id):
-    """LayerNorm and RMSNorm in bf16 and fp32 at the sweep's widths, beside Liger-Kernel's kernels."""
+    """LayerNorm and RMSNorm in bf16 (the sweep's dtype) at the sweep's widths, beside Liger-Kernel's kernels (our
+    kernels are the sweep report's, from Triton's cache)."""
     return _shared_report(tmp_path_factory, worker_id, "norms.csv", "layer_norm", "rms_norm", "--peers",
-                          "--dtype", "bf16", "fp32")
+                          "--dtype", "bf16")
 
 
 def test_norm_loops_the_model_takes_for_pipelined_compile_to_cp_async(norms_report):
@@ -347,11 +348,11 @@ def test_norm_loops_the_model_takes_for_pipelined_compile_to_cp_async(norms_repo
 
 
 def test_norm_forwards_hold_as_many_warps_an_sm_as_ligers(norms_report):
-    """At every width and dtype, every forward config the tuner may pick keeps as many warps resident an SM (the
-    report's occupancy, from registers, shared memory and warps) as Liger's one-row forward kernel."""
+    """At every width, every forward config the tuner may pick keeps as many warps resident an SM (the report's
+    occupancy, from registers, shared memory and warps) as Liger's one-row forward kernel."""
     fwd = norms_report[norms_report.kernel.str.contains("forward|norm_fwd") & norms_report.may_pick].copy()
     liger = fwd[fwd.provider == "liger"].groupby(["op", "dtype", "shape"]).occ_warps.min()
     ours = fwd[fwd.provider == "ours"].groupby(["op", "dtype", "shape"]).occ_warps.min()
-    assert len(liger) == 12 and set(ours.index) == set(liger.index)
+    assert len(liger) == 6 and set(ours.index) == set(liger.index)
     below = (ours < liger)[lambda s: s]
     assert below.empty, pd.DataFrame({"ours (least)": ours, "liger": liger}).loc[below.index].to_string()
