@@ -9,7 +9,7 @@ from . import peers
 from ...spec import BadInput, Case, OpSpec, call
 from .api import partial_rope
 from .kernel import rope_kernel
-from .reference import hf_apply_factory, partial_rope_reference
+from .reference import hf_apply_factory, inv_freq, partial_rope_reference
 
 
 def _make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, seed=0):
@@ -31,6 +31,9 @@ def _make_case(dims, dtype, device, *, contiguous=True, requires_grad=False, see
         wide_pos[..., ::2] = pos
         pos = wide_pos[..., ::2]
     x = x.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+    # The frequency table is a model's init work (HF builds inv_freq once), cached by every provider: built here,
+    # with the case, so that no provider's counted call pays for it, rather than whichever ran first in a process.
+    inv_freq(kwargs.get("rotary_dim", d), 10000.0, x.device)
     return Case((x, pos.to(device)), kwargs)
 
 
