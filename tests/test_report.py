@@ -329,9 +329,9 @@ def test_no_spills_where_the_tuner_may_pick(sweep_report, kernel, index):
 
 
 @pytest.fixture(scope="module")
-def norms_report(tmp_path_factory, worker_id):
-    """LayerNorm and RMSNorm in bf16 (the sweep's dtype) at the sweep's widths, beside Liger-Kernel's kernels (our
-    kernels are the sweep report's, from Triton's cache)."""
+def norms_report(tmp_path_factory, worker_id, sweep_report):
+    """LayerNorm and RMSNorm in bf16 (the sweep's dtype) at the sweep's widths, beside Liger-Kernel's kernels. After
+    the sweep report, whose compiles of our kernels it then finds in Triton's cache: it compiles Liger's alone."""
     return _shared_report(tmp_path_factory, worker_id, "norms.csv", "layer_norm", "rms_norm", "--peers",
                           "--dtype", "bf16")
 
