@@ -41,10 +41,10 @@ def block_n(n: int) -> int:
 # A thread holds ``BLOCK_M * BLOCK_N / threads`` values of every (BLOCK_M, BLOCK_N) fp32 tile and
 # ``BLOCK_N / threads`` of every row vector. What stays live across a row tile's reductions, and the budget:
 #   forward:  the centred x tile                                    1 tile, <= 4 values: weight and bias are
-#             loaded at the output, and 4 values keep a program at 31-40 registers at 1024 and 4096 columns, so
-#             that an SM holds as many warps of them as of Liger's one-row programs (the sm_90 report: 64 at
-#             1024 columns, 48-64 at 4096; at 8192 no config holds 4, and one row of 32 warps holds 8: 32 warps an
-#             SM for LayerNorm, as Liger's, 64 for RMSNorm)
+#             loaded at the output, and 4 values keep a program at 32 registers at 1024 and 4096 columns, so
+#             that an SM holds as many warps of them as of Liger's one-row programs (the sm_90 report: 64, where
+#             Liger's hold 64 and 40-48; at 8192 no config holds 4, and one row of 32 warps holds 8: 32 warps an
+#             SM for LayerNorm, as Liger's, 64 for RMSNorm, where Liger's hold 48)
 #   backward: xhat and dy tiles; weight, dweight, dbias partials   2 tiles, 3 vectors, <= 112 values: one
 #             program an SM, so only the register file bounds it (g = dy * weight is formed again for dx, not
 #             kept)
@@ -66,8 +66,8 @@ FWD_LIVE, BWD_LIVE = (1, 0, 4), (2, 3, 112)  # (tiles, vectors, values a thread)
 # the one program: the rule's budget (40 values) then keeps 8 rows at 1024 columns, 2 at 4096 and 1 at 8192,
 # where the sm_90 report shows 64 registers and no spill (4 rows at 4096, 44 values, spill). Under the
 # interpreter the default, or where the rule drops it the first config that fits, is the one run and modeled:
-# at 16384 x 4096 the backward's kernel models at 148 us (HBM's rate for its 407 MB: 136 us), 232 us before its
-# loop was pipelined (62 trips of 2 rows, each waiting on its loads).
+# at 16384 x 4096 the backward's kernel models at 139 us (HBM's rate for its 407 MB, 136 us, and a kernel's
+# fixed cost), 223 us before its loop was pipelined (62 trips of 2 rows, each waiting 2.2 us on its loads).
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(1, 8), (1, 4), (1, 16), (1, 32), (2, 4), (4, 4), (8, 4)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
