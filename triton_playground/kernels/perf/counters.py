@@ -54,7 +54,17 @@ import torch
 
 from .. import _runtime as _rt
 from .aten import _SYNCS, _aten_launches, _register_cpu_sdpa_flops
-from .attribution import _as_fp32, _attribute, _count_site, _element_bytes, _regions, _track, _true, pipelined_range
+from .attribution import (
+    _as_fp32,
+    _attribute,
+    _count_site,
+    _element_bytes,
+    _pipelined_loops,
+    _regions,
+    _track,
+    _true,
+    pipelined_range,
+)
 from .records import Counter, Launch
 
 __all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
@@ -140,6 +150,7 @@ def _run_grid(executor, args_dev, kwargs, sample, seconds, strata=None):
                     pid = int(group[index])  # x fastest, as a GPU numbers its programs
                     interp.interpreter_builder.set_grid_idx(pid % grid[0], (pid // grid[0]) % grid[1],
                                                             pid // (grid[0] * grid[1]))
+                    _pipelined_loops[0] = 0  # a program starts outside every loop (one that failed may not have)
                     executor.fn(**args)
                     if budget is not None and run % 2 == 0 and time.perf_counter() - started > budget:
                         break  # after a whole pair
