@@ -57,7 +57,10 @@ def block_n(n: int) -> int:
 # so a program does not wait on each tile's loads, and the H100 model counts no trip's wait for them
 # (``kernels/perf/attribution.py``). A pipelined loop must be innermost: no loop runs inside a one-tile row's
 # body. Wider rows loop over column tiles inside, and walk their row tiles unpipelined.
-FWD_LIVE, BWD_LIVE = (1, 0, 4), (2, 3, 112)  # (tiles, vectors, values a thread)
+# (tiles, vectors, values a thread; least bytes of the tile a thread: the forward's 4 because cp.async copies no
+# less, and Triton leaves a loop whose loads are narrower unpipelined: no LDGSTS in one row of 1024 bf16 columns
+# over 32 warps; the backward's a 16-byte vector)
+FWD_LIVE, BWD_LIVE = (1, 0, 4, 4), (2, 3, 112, 16)
 
 # (BLOCK_M rows per program, warps). Forward: one row a tile, with the warps that leave each thread at most 4
 # values of it (8 warps at 1024 columns, 32 at 4096 and 8192); several rows only for narrow rows, so that every
@@ -74,11 +77,11 @@ BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
 
 
-def _fitting(configs, n, elem, live, least_bytes):
-    """The rule: configs whose live values fit the budget (above), and that give every thread at least
-    ``least_bytes`` of the tile (more warps than that load less than a vector a thread, or nothing). ``n``: the
-    row's width, ``elem``: x's element size."""
-    tiles, vectors, budget = live
+def _fitting(configs, n, elem, live):
+    """The rule: configs whose live values fit the budget (above), and that give every thread at least the least
+    bytes of the tile ``live`` names (more warps than that load less than a vector a thread, or nothing). ``n``:
+    the row's width, ``elem``: x's element size."""
+    tiles, vectors, budget, least_bytes = live
     n = block_n(n)
 
     def values(c):
@@ -97,13 +100,11 @@ def _fitting(configs, n, elem, live, least_bytes):
 
 # Both from the positional arguments only: Triton's autotuner hands its prune hook those, not the keywords.
 def fits_fwd(configs, nargs):
-    # 4 bytes a thread at least: cp.async copies no less, and Triton leaves a loop whose loads are narrower
-    # unpipelined (the report: no LDGSTS in one row of 1024 bf16 columns over 32 warps)
-    return _fitting(configs, nargs["N"], nargs["X"].element_size(), FWD_LIVE, least_bytes=4)
+    return _fitting(configs, nargs["N"], nargs["X"].element_size(), FWD_LIVE)
 
 
 def fits_bwd(configs, nargs):
-    return _fitting(configs, nargs["N"], nargs["X"].element_size(), BWD_LIVE, least_bytes=16)
+    return _fitting(configs, nargs["N"], nargs["X"].element_size(), BWD_LIVE)
 
 
 @functools.cache
@@ -112,7 +113,7 @@ def fwd_programs_per_sm(n: int, elem: int) -> int:
     run at this width (8 programs of 8 warps at 1024 columns, 2 of 32 at 4096), so that the narrowest config fills
     the SM and a wider one runs its programs in a second wave rather than idling warp slots. (A grid function is
     not told the config's warps: the rule's choices stand for them.)"""
-    return max(1, 64 // min(c.num_warps for c in _fitting(FWD_CONFIGS, n, elem, FWD_LIVE, least_bytes=4)))
+    return max(1, 64 // min(c.num_warps for c in _fitting(FWD_CONFIGS, n, elem, FWD_LIVE)))
 
 
 @rt.autotune(FWD_CONFIGS, key=["N", "RMS"], default={"BLOCK_M": 1, "num_warps": 8}, prune=fits_fwd)
