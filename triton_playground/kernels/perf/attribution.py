@@ -82,6 +82,27 @@ def pipelined_range(steps):
         _pipelined_loops[0] -= 1
 
 
+def counting_range(plain, counting):
+    """``tl.range`` as the counters see it: ``plain`` (the interpreter's), whose loops of ``num_stages`` 2 or more
+    are marked pipelined while ``counting()``."""
+
+    def range_(*args, num_stages=None, **kwargs):
+        steps = plain(*args, **kwargs)
+        stages = getattr(num_stages, "value", num_stages)
+        return pipelined_range(steps) if counting() and (stages or 0) >= 2 else steps
+
+    return range_
+
+
+def _set_trips(launch: Launch) -> None:
+    """A launch's loop trips a program, from its busiest load site scaled to the grid: ``trips`` over every site,
+    ``waited_trips`` over those no pipelined loop issued (a launch of none waits one trip)."""
+    if launch._sites:
+        launch.trips = max(launch._sites.values()) / max(1, launch.programs)
+        waited = [n for (_, pipelined), n in launch._sites.items() if not pipelined]
+        launch.waited_trips = max(waited, default=launch.programs) / max(1, launch.programs)
+
+
 def _count_site(launch: Launch) -> None:
     """One more load issued by the kernel's line that is running (a helper's loads count at the helper's call), keyed
     by (line, whether a pipelined loop issued it: :func:`pipelined_range`)."""

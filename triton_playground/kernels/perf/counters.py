@@ -61,13 +61,14 @@ from .attribution import (
     _element_bytes,
     _pipelined_loops,
     _regions,
+    _set_trips,
     _track,
     _true,
-    pipelined_range,
+    counting_range,
 )
 from .records import Counter, Launch
 
-__all__ = ["Launch", "Counter", "count", "replay", "uncounted"]
+__all__ = ["Counter", "Launch", "count", "replay", "uncounted"]
 
 
 # ------------------------------------------------------------------------------------------------ Triton
@@ -198,17 +199,9 @@ def _install():
     patch_lang_core = interp._patch_lang_core
 
     def counted_patch_lang_core(lang, scope):
-        """The interpreter's binding of a language module, with a ``tl.range`` that tells the counters which loops
-        Triton pipelines (``num_stages`` of 2 or more)."""
+        """The interpreter's binding of a language module, with a ``tl.range`` that marks the loops Triton pipelines."""
         patch_lang_core(lang, scope)
-        plain = lang.range
-
-        def range_(*args, num_stages=None, **kwargs):
-            steps = plain(*args, **kwargs)
-            stages = getattr(num_stages, "value", num_stages)
-            return pipelined_range(steps) if _launch[0] is not None and (stages or 0) >= 2 else steps
-
-        scope.set_attr(lang, "range", range_)
+        scope.set_attr(lang, "range", counting_range(lang.range, lambda: _launch[0] is not None))
 
     def create_masked_load(self, ptrs, mask, *args, **kwargs):
         if (launch := _launch[0]) is not None:
@@ -276,10 +269,7 @@ def _install():
                       min(budgets) if budgets else None, strata)
         finally:
             _launch[0] = None
-        if launch._sites:  # sites scaled to the grid
-            launch.trips = max(launch._sites.values()) / max(1, launch.programs)
-            waited = [n for (_, pipelined), n in launch._sites.items() if not pipelined]
-            launch.waited_trips = max(waited, default=launch.programs) / max(1, launch.programs)
+        _set_trips(launch)
         for helper in ("_source", "_sites", "_order", "_starts", "_ends"):  # the attribution's: done with
             launch.__dict__.pop(helper, None)
         for session in _sessions:
