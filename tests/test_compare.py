@@ -1,6 +1,6 @@
 """triton-playground compare: an unchanged tree compares clean (every ratio exactly 1), a kernel whose row loop
-loses its pipelining is flagged with a non-zero exit, a config that becomes pickable and spills is flagged, and a bad ref
-is one line and exit 2. Hermetic: a clone of this repository in tmp_path, its own cache and worktrees there."""
+loses its pipelining is flagged with a non-zero exit, a config that becomes pickable and spills is flagged, and a
+bad ref is one line and exit 2. Hermetic: a clone of this repository in tmp_path, its own cache and worktrees there."""
 
 import subprocess
 from pathlib import Path

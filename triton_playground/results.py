@@ -108,7 +108,8 @@ def sweep_markdown(sweep: pd.DataFrame, errors: dict, stamped: str, figures: lis
                   "the same op class ([validation.md](validation.md)); *(all ops)* where none was measured.", ""]
     lines += ["## At the headline size", "",
               "speedup = their ms / ours (> 1: ours is faster); the work ratios are counted, ours over theirs: *bytes* "
-              "every load and store executed, *DRAM bytes* what the model estimates reaches HBM (L2 hits taken out).", "",
+              "every load and store executed, *DRAM bytes* what the model estimates reaches HBM (L2 hits taken out).",
+              "",
               *table(head, {"ours (ms)": ".4g", "theirs (ms)": ".4g", "speedup": ".2f", "FLOPs ours/theirs": ".2f",
                             "bytes ours/theirs": ".2f", "DRAM bytes ours/theirs": ".2f"}), "",
               "## Geometric-mean speedup over eager, over every size", "",

@@ -75,8 +75,9 @@ def versus(df: pd.DataFrame, with_eager: bool = False) -> pd.DataFrame:
     ``speedup_vs_peer``: the peer's ms over ours (> 1: ours is faster; on ``model:*`` devices, modeled times);
     ``flops_exec ours/peer`` and ``bytes_exec ours/peer``: the counted work and traffic, ours over the peer's
     (< 1: ours does less); ``bytes_dram ours/peer``: the DRAM traffic the model estimates from them (re-reads an
-    H100's L2 serves taken out, docs/performance-model.md), where both rows have it. ``peer_errors``: the peer's error rows (e.g. disagreeing with the reference) in the
-    same op, mode, dtype and device, which no speedup is given for."""
+    H100's L2 serves taken out, docs/performance-model.md), where both rows have it. ``peer_errors``: the peer's
+    error rows (e.g. disagreeing with the reference) in the same op, mode, dtype and device, which no speedup is
+    given for."""
     bad = failed(df)
     records = []
     for key, group in df.groupby(VERSUS_KEYS, sort=False, dropna=False):

@@ -232,7 +232,8 @@ def _dq_add_block(state, ctx, start_m, M, N, W, qk_scale, MASK: tl.constexpr, CA
                           False)
 
 
-@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY + ["WHOLE", "DQ_ADD"], default=DKDV_DEFAULT, prune=dkdv_fits, reset_to_zero=["DQ"])
+@rt.autotune(DKDV_CONFIGS, key=TUNE_KEY + ["WHOLE", "DQ_ADD"], default=DKDV_DEFAULT, prune=dkdv_fits,
+             reset_to_zero=["DQ"])
 @triton.jit
 def attn_bwd_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV, O, DQ, CU_SEQLENS_Q, CU_SEQLENS_K,
@@ -248,9 +249,9 @@ def attn_bwd_dkdv(
     # by this program alone, once: it computes that block's delta (rowsum(dO * O)) and its whole dq as well,
     # five matmuls a tile instead of this kernel's four plus dQ's three, and the delta and dQ launches are not
     # made. O and DQ (and their strides) are read only then.
-    # DQ_ADD (dense attention, long bands: see api.py): the same fifth matmul on every tile, its dq share added atomically into
-    # DQ, an fp32 accumulator zeroed by the launch (FlashAttention-3's backward): dQ's own launch, which recomputed
-    # P and dP (three matmuls a tile where this adds one), is not made.
+    # DQ_ADD (dense attention, long bands: see api.py): the same fifth matmul on every tile, its dq share added
+    # atomically into DQ, an fp32 accumulator zeroed by the launch (FlashAttention-3's backward): dQ's own launch,
+    # which recomputed P and dP (three matmuls a tile where this adds one), is not made.
     # a TMA config runs TMA only where the launch found the tensors describable (rt.tma_ok): a TMA config
     # that the tuner cached for another call of this key, or that a test forced, stays correct
     DESCRIBED: tl.constexpr = TMA and TMA_FITS

@@ -74,7 +74,8 @@ FWD_LIVE, BWD_LIVE = (1, 0, 4, 4), (2, 3, 112, 16)
 FWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
                for m, w in [(1, 8), (1, 4), (1, 16), (1, 32), (2, 4), (4, 4), (8, 4)]]
 BWD_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w)
-               for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8), (1, 4)]]
+               for m, w in [(8, 32), (4, 32), (2, 32), (1, 32), (4, 16), (2, 16), (4, 8), (1, 16), (2, 8), (1, 8),
+                            (1, 4)]]
 
 
 def _fitting(configs, n, elem, live):

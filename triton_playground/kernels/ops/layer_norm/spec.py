@@ -70,7 +70,8 @@ def _tiles_per_program_strata(grid, *, n_rows, BLOCK_M, **_):
     import numpy as np
 
     pid = np.arange(grid[0])
-    tiles = np.maximum(0, -(-(-(-n_rows // BLOCK_M) - pid) // grid[0]))
+    row_tiles = -(-n_rows // BLOCK_M)
+    tiles = np.maximum(0, -(-(row_tiles - pid) // grid[0]))  # ceil((row_tiles - pid) / programs), or none
     return [pid[tiles == t] for t in np.unique(tiles)]
 
 
